@@ -1,0 +1,1 @@
+"""samlabel: SAM with medical adapters behind MONAI Label."""

@@ -1,0 +1,113 @@
+"""App and model configuration: YAML defaults in ``configs/``, overridden by ``--conf KEY VALUE``.
+
+Parsed once into frozen dataclasses; a bad value raises :class:`ConfigError` naming the key, instead
+of the server starting half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from samlabel.weights import WeightsSpec
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    architecture: str
+    img_size: int
+    pixel_norm: str  # "unit": [0, 1]; "sam": 0-255 then SAM's pixel mean/std
+    weights: WeightsSpec
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    model: str = "litemedsam"
+    checkpoint: str = ""
+    device: str = "auto"
+    modality: str = "auto"
+    ct_window: tuple[float, float] = (-160.0, 240.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    labels: tuple[str, ...] = ("organ",)
+    cache_mb: int = 1024
+    max_points: int = 100
+    propagation_iou: float = 0.5
+    propagation_box_margin: int = 2
+    propagation_mask_prompt: bool = False
+
+    @property
+    def label_values(self) -> dict[str, int]:
+        return {name: i + 1 for i, name in enumerate(self.labels)}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Turn a ``--conf`` string (or YAML value) into the type of the field's default."""
+    if isinstance(value, str) and not isinstance(default, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text[:1] in "[{" or text in ("true", "false") else text
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--conf {name}: cannot parse {value!r}") from e
+        if isinstance(default, tuple) and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, tuple):
+            item = type(default[0])
+            return tuple(item(v) for v in value)
+        return type(default)(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--conf {name}: {value!r} is not a valid {type(default).__name__}") from e
+
+
+def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / "app.yaml") -> AppConfig:
+    """Merge ``configs/app.yaml`` with the server's ``--conf`` pairs (unknown keys are left to MONAI Label)."""
+    values: dict[str, Any] = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
+    values.update(conf)
+    fields = {f.name: f.default for f in dataclasses.fields(AppConfig)}
+    parsed = {k: _coerce(k, v, fields[k]) for k, v in values.items() if k in fields}
+    cfg = AppConfig(**parsed)
+    if cfg.modality not in ("auto", "ct", "mr"):
+        raise ConfigError(f"--conf modality: {cfg.modality!r} is not one of auto, ct, mr")
+    if not cfg.labels:
+        raise ConfigError("--conf labels: give at least one label name")
+    return cfg
+
+
+def load_model_config(name: str) -> ModelConfig:
+    """``configs/models/NAME.yaml``, or a path to such a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / "models" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml"))
+        raise ConfigError(f"--conf model: no model config {name!r}; known: {known}")
+    raw = yaml.safe_load(path.read_text())
+    try:
+        cfg = ModelConfig(
+            name=path.stem,
+            architecture=raw["architecture"],
+            img_size=int(raw["img_size"]),
+            pixel_norm=raw.get("pixel_norm", "unit"),
+            weights=WeightsSpec(**raw["weights"]),
+        )
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: invalid model config ({e})") from e
+    if cfg.pixel_norm not in ("unit", "sam"):
+        raise ConfigError(f"{path}: pixel_norm must be 'unit' or 'sam'")
+    return cfg

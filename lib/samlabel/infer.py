@@ -1,0 +1,107 @@
+"""MONAI Label infer tasks ``sam_2d`` and ``sam_3d``: BasicInferTask's pipeline with SAM as the inferer.
+
+MONAI's ``LoadImaged`` reads the volume (array in IJK order, with its affine); ``run_inferer`` turns
+the viewer's prompt into a label volume of the image's shape; BasicInferTask's writer saves it with
+the image's affine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from samlabel.config import AppConfig
+from samlabel.engine import SamEngine
+from samlabel.geometry import put_slice
+from samlabel.preprocess import normalize_volume
+from samlabel.prompts import PromptError, parse_prompt
+from samlabel.propagation import PropagationSettings, propagate
+from samlabel.refinement import RefinementStore, segment_prompt
+
+
+class SamInferTask(BasicInferTask):
+    """Shared request handling; subclasses say how far a mask grows from the prompted slice."""
+
+    dimension_of_task = 2
+
+    def __init__(self, engine: SamEngine, store: RefinementStore, cfg: AppConfig, description: str):
+        super().__init__(
+            path=str(engine.weights_path),
+            network=None,
+            type=InferType.DEEPGROW,
+            labels=cfg.label_values,
+            dimension=self.dimension_of_task,
+            description=description,
+            config={"model": engine.model_cfg.name, "model_version": engine.version},
+        )
+        self.engine = engine
+        self.store = store
+        self.cfg = cfg
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [LoadImaged(keys="image", image_only=True)]
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    def _get_network(self, device, data):
+        return self.engine.model
+
+    def grow(self, volume01: np.ndarray, k0: int, start, k_range) -> dict[int, np.ndarray]:
+        return {k0: start.mask}
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu") -> dict[str, Any]:
+        began, runs_before = time.perf_counter(), self.engine.encoder_runs
+        image = data["image"]
+        volume = np.asarray(image.array if isinstance(image, MetaTensor) else image)
+        if volume.ndim != 3:
+            raise PromptError(f"sam tasks need a 3-D image, got shape {list(volume.shape)}")
+        prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
+        volume01 = normalize_volume(volume, self.cfg.modality, self.cfg.ct_window, self.cfg.mr_percentiles)
+
+        start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
+        masks = self.grow(volume01, prompt.slice, start, prompt.k_range)
+
+        label = np.zeros(volume.shape, dtype=np.uint8)
+        for k, mask in masks.items():
+            put_slice(label, k, mask, prompt.label_value)
+        affine = image.affine if isinstance(image, MetaTensor) else None
+        data["pred"] = MetaTensor(label, affine=affine)
+        data["result"] = {
+            "model": self.engine.model_cfg.name,
+            "model_version": self.engine.version,
+            "prompt": prompt.kind,
+            "label": prompt.label_name,
+            "label_value": prompt.label_value,
+            "slice": prompt.slice,
+            "slices": [min(masks), max(masks)],
+            "refined": refined,
+            "iou": round(start.iou, 4),
+            "encoder_runs": self.engine.encoder_runs - runs_before,
+            "sam_seconds": round(time.perf_counter() - began, 3),
+        }
+        return data
+
+
+class Sam2DInfer(SamInferTask):
+    """``sam_2d``: one slice; repeated clicks on it refine the previous mask."""
+
+    dimension_of_task = 2
+
+
+class Sam3DInfer(SamInferTask):
+    """``sam_3d``: segment the prompted slice, then propagate up and down the volume."""
+
+    dimension_of_task = 3
+
+    def grow(self, volume01, k0, start, k_range):
+        settings = PropagationSettings(
+            self.cfg.propagation_iou, self.cfg.propagation_box_margin, self.cfg.propagation_mask_prompt
+        )
+        return propagate(self.engine, volume01, k0, start, k_range, settings)

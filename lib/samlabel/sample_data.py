@@ -1,0 +1,239 @@
+"""Small, deterministic sample studies so the server, tests and demos run with no downloads.
+
+LiteMedSAM resizes every slice to 256x256 on the CPU, so volumes stay small. The phantoms are
+deliberately awkward in the ways real studies are: non-square slices, anisotropic voxels, an affine
+that is neither identity nor axis-aligned, noise and a bias field. Volumes are indexed ``[i, j, k]``
+and slices run along ``k`` (see :mod:`samlabel.geometry`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+CT_LABELS: dict[str, int] = {"liver": 1, "spleen": 2, "kidney": 3}
+MR_LABELS: dict[str, int] = {"bright_lesion": 1, "dark_lesion": 2}
+MNI_LABELS: dict[str, int] = {"white_matter": 1, "grey_matter": 2}
+#: Label name -> value for each study kind (``ct``, ``mr``, ``mni``).
+LABELS: dict[str, dict[str, int]] = {"ct": CT_LABELS, "mr": MR_LABELS, "mni": MNI_LABELS}
+
+CT_SHAPE, CT_SPACING = (160, 128, 48), (0.9, 1.1, 2.5)
+MR_SHAPE, MR_SPACING = (144, 176, 40), (1.2, 1.0, 3.0)
+MNI_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+
+Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def study_labels(study_id: str) -> dict[str, int]:
+    """Label map of a study written by :func:`write_sample_studies`, chosen by its id prefix."""
+    for prefix, kind in (("ct_", "ct"), ("mr_", "mr"), ("mni", "mni")):
+        if study_id.startswith(prefix):
+            return dict(LABELS[kind])
+    raise KeyError(f"not a sample study id: {study_id!r}")
+
+
+def _rotation(rz_deg: float, rx_deg: float = 0.0) -> np.ndarray:
+    """3x3 rotation about z then x, so the affine is oblique like a tilted acquisition."""
+    cz, sz = np.cos(np.radians(rz_deg)), np.sin(np.radians(rz_deg))
+    cx, sx = np.cos(np.radians(rx_deg)), np.sin(np.radians(rx_deg))
+    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    return rx @ rz
+
+
+def _affine(shape: tuple[int, ...], spacing: tuple[float, ...], flips: tuple[int, int, int],
+            rot: np.ndarray, centre: tuple[float, float, float]) -> np.ndarray:
+    """Voxel -> RAS mm affine with the volume centre at ``centre``; ``flips`` (-1) give LPS-like axes."""
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(np.multiply(flips, spacing))
+    aff[:3, 3] = np.asarray(centre) - aff[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    return aff
+
+
+def _coords(shape: tuple[int, ...], spacing: tuple[float, ...], angle_deg: float) -> Coords:
+    """Open-grid patient coordinates in mm about the volume centre, rotated in-plane by ``angle_deg``.
+
+    The rotation moves the anatomy inside the grid (patient pose), independent of the affine.
+    """
+    x, y, z = (((np.arange(n) - (n - 1) / 2.0) * s) for n, s in zip(shape, spacing))
+    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    xr = c * x[:, None, None] + s * y[None, :, None]
+    yr = -s * x[:, None, None] + c * y[None, :, None]
+    return xr, yr, z[None, None, :]
+
+
+def _smooth_field(rng: np.random.Generator, xyz: Coords, wavelength: tuple[float, float],
+                  n_waves: int = 6) -> np.ndarray:
+    """Random low-frequency field with unit std: cheap cosines instead of a wide Gaussian filter."""
+    field = np.zeros(np.broadcast_shapes(*(a.shape for a in xyz)))
+    for _ in range(n_waves):
+        direction = rng.normal(size=3)
+        direction *= 2 * np.pi / (rng.uniform(*wavelength) * np.linalg.norm(direction))
+        phase = rng.uniform(0, 2 * np.pi)
+        field += np.cos(direction[0] * xyz[0] + direction[1] * xyz[1] + direction[2] * xyz[2] + phase)
+    return field / max(float(field.std()), 1e-6)
+
+
+def _ellipsoid(xyz: Coords, centre: tuple[float, float, float], radii: tuple[float, float, float],
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """Implicit ellipsoid value (<1 inside); ``rng`` jitters centre by ~3 mm and radii by ~10%."""
+    c, r = np.asarray(centre, float), np.asarray(radii, float)
+    if rng is not None:
+        c = c + rng.uniform(-3, 3, 3)
+        r = r * rng.uniform(0.9, 1.1, 3)
+    return sum(((a - ci) / ri) ** 2 for a, ci, ri in zip(xyz, c, r))
+
+
+def make_ct_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """CT-like abdomen in HU (int16) with liver (1), spleen (2) and both kidneys (3) labelled (uint8)."""
+    rng = np.random.default_rng(seed)
+    xyz = _coords(CT_SHAPE, CT_SPACING, rng.uniform(-10, 10))
+    x, y, _ = xyz
+    wobble = 0.12 * _smooth_field(rng, xyz, (40.0, 80.0))  # irregular organ outlines
+    bs = rng.uniform(0.95, 1.05, 2)
+    body = ((x / (64 * bs[0])) ** 2 + (y / (52 * bs[1])) ** 2) < 1
+    inner = ((x / (58 * bs[0])) ** 2 + (y / (46 * bs[1])) ** 2) < 1  # inside the subcutaneous fat
+    spine = np.broadcast_to(((x / 9) ** 2 + ((y - 32) / 9) ** 2) < 1, CT_SHAPE)
+    liver = np.minimum.reduce([
+        _ellipsoid(xyz, (-28, -2, 12), (24, 32, 24), rng),
+        _ellipsoid(xyz, (-8, -18, 18), (16, 14, 16), rng),
+        _ellipsoid(xyz, (-38, 15, 6), (12, 12, 14), rng),
+    ]) < 1 + wobble
+    spleen = _ellipsoid(xyz, (38, 8, 20), (14, 22, 22), rng) < 1 + wobble
+    kidney_f = np.minimum(_ellipsoid(xyz, (-30, 20, -24), (12, 17, 22), rng),
+                          _ellipsoid(xyz, (30, 20, -20), (12, 17, 22), rng))
+    hilum = np.minimum(_ellipsoid(xyz, (-18, 20, -24), (6, 7, 40)), _ellipsoid(xyz, (18, 20, -20), (6, 7, 40)))
+    kidney = (kidney_f < 1 + wobble) & (hilum >= 1)
+
+    hu = np.full(CT_SHAPE, -1000.0)
+    hu[body] = -100.0
+    hu[inner] = 40.0
+    label = np.zeros(CT_SHAPE, np.uint8)
+    for value, mask, organ_hu in ((1, liver, 60.0), (2, spleen, 45.0), (3, kidney, 150.0)):
+        mask = mask & inner & ~spine
+        hu[mask], label[mask] = organ_hu, value
+    hu[kidney & inner & (kidney_f < 0.35)] = 110.0  # medulla, still labelled kidney
+    hu[spine] = 500.0
+    hu = ndimage.gaussian_filter(hu, (0.7, 0.7, 0.4))  # partial-volume edges
+    hu += 15.0 * _smooth_field(rng, xyz, (150.0, 300.0), 3)  # beam-hardening-like bias
+    hu += rng.normal(0.0, rng.uniform(10, 20), CT_SHAPE)
+    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    aff = _affine(CT_SHAPE, CT_SPACING, (-1, -1, 1), _rotation(rng.uniform(-5, 5)),
+                  (rng.uniform(-10, 10), rng.uniform(0, 40), rng.uniform(-200, -100)))
+    return _nifti(image, aff), _nifti(label, aff)
+
+
+def make_mr_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """MR-like head (int16, no HU) with a bright ellipsoid (1) and a darker lobed blob (2) labelled."""
+    rng = np.random.default_rng(seed)
+    xyz = _coords(MR_SHAPE, MR_SPACING, rng.uniform(-10, 10))
+    x, y, z = xyz
+    wobble = 0.12 * _smooth_field(rng, xyz, (40.0, 80.0))
+    bs = rng.uniform(0.95, 1.05, 2)
+    head_f = (x / (70 * bs[0])) ** 2 + (y / (82 * bs[1])) ** 2 + (z / 95) ** 2
+    skull_f = (x / (65 * bs[0])) ** 2 + (y / (77 * bs[1])) ** 2 + (z / 90) ** 2
+    brain_f = (x / (61 * bs[0])) ** 2 + (y / (73 * bs[1])) ** 2 + (z / 86) ** 2
+    ventricles = np.minimum(_ellipsoid(xyz, (-7, 0, 5), (4, 18, 20)), _ellipsoid(xyz, (7, 0, 5), (4, 18, 20))) < 1
+    bright = _ellipsoid(xyz, (25, -20, 5), (16, 20, 27), rng) < 1 + wobble
+    dark = np.minimum(_ellipsoid(xyz, (-28, 25, -5), (18, 16, 24), rng),
+                      _ellipsoid(xyz, (-15, 38, 2), (12, 12, 18), rng)) < 1 + wobble
+
+    signal = np.zeros(MR_SHAPE)
+    signal[head_f < 1] = 700.0  # scalp fat
+    signal[skull_f < 1] = 80.0
+    signal[brain_f < 1] = 380.0 + 30.0 * wobble[brain_f < 1]  # mild tissue heterogeneity
+    signal[ventricles] = 120.0
+    label = np.zeros(MR_SHAPE, np.uint8)
+    for value, mask, level in ((1, bright, 850.0), (2, dark, 190.0)):
+        mask = mask & (brain_f < 1) & ~ventricles
+        signal[mask], label[mask] = level, value
+    signal = ndimage.gaussian_filter(signal, (0.6, 0.6, 0.4))
+    signal *= 1.0 + 0.2 * _smooth_field(rng, xyz, (200.0, 400.0), 3)  # receive-coil bias
+    sigma = rng.uniform(15, 30)
+    noisy = np.hypot(signal + rng.normal(0, sigma, MR_SHAPE), rng.normal(0, sigma, MR_SHAPE))  # Rician
+    image = np.clip(np.rint(noisy), 0, 4095).astype(np.int16)
+    aff = _affine(MR_SHAPE, MR_SPACING, (1, -1, 1), _rotation(rng.uniform(-5, 5), rng.uniform(-8, 8)),
+                  (rng.uniform(-5, 5), rng.uniform(-20, 20), rng.uniform(0, 30)))
+    return _nifti(image, aff), _nifti(label, aff)
+
+
+def mni_dir() -> Path:
+    """Folder of the MNI152 2009a templates that ship inside the nilearn wheel (no network)."""
+    import nilearn
+
+    return Path(nilearn.__file__).parent / "datasets" / "data"
+
+
+def make_mni_brain() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Real MNI152 T1 at 2 mm (2x2x2 block mean, float32) cropped to the brain; WM=1, GM=2 (uint8)."""
+    imgs = {n: nib.load(mni_dir() / MNI_FILE.format(n)) for n in ("t1", "gm", "wm")}
+    t1 = np.asanyarray(imgs["t1"].dataobj).astype(np.float32)
+    nz = np.argwhere(t1 > 0)
+    shape = np.asarray(t1.shape)
+    lo = np.maximum(nz.min(0) - 4, 0)
+    n = np.minimum((nz.max(0) + 5 - lo + 1) // 2, (shape - lo) // 2)  # whole 2-voxel blocks
+    box = tuple(slice(a, a + 2 * b) for a, b in zip(lo, n))
+
+    def down(a: np.ndarray) -> np.ndarray:
+        return a[box].reshape(n[0], 2, n[1], 2, n[2], 2).mean(axis=(1, 3, 5), dtype=np.float64)
+
+    def prob(name: str) -> np.ndarray:
+        a = np.asanyarray(imgs[name].dataobj).astype(np.float32)
+        return down(a / (255.0 if a.max() > 1 else 1.0))
+
+    wm, gm = prob("wm") > 0.5, prob("gm") > 0.5
+    label = np.where(wm, 1, np.where(gm, 2, 0)).astype(np.uint8)
+    step = np.diag([2.0, 2.0, 2.0, 1.0])
+    step[:3, 3] = lo + 0.5  # block centre in source voxels
+    aff = imgs["t1"].affine @ step
+    return _nifti(down(t1).astype(np.float32), aff), _nifti(label, aff)
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """NIfTI with matching qform/sform (scanner code) so every reader agrees on the geometry."""
+    img = nib.Nifti1Image(data, affine)
+    img.set_data_dtype(data.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same folder + os.replace, so a server never reads a half file."""
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; studies must stay readable by the server
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_sample_studies(out_dir: Path, n_ct: int = 3, n_mr: int = 2, seed: int = 0) -> list[str]:
+    """Write ``studies/<id>.nii.gz`` (images the server serves), ``truth/<id>.nii.gz`` and
+    ``truth/labels.json`` (id -> {name: value}). Phantom ``n`` uses seed ``seed + n``. Returns ids."""
+    out_dir = Path(out_dir)
+    studies, truth = out_dir / "studies", out_dir / "truth"
+    studies.mkdir(parents=True, exist_ok=True)
+    truth.mkdir(parents=True, exist_ok=True)
+    makers = [(f"ct_phantom_{n:03d}", lambda s=seed + n: make_ct_phantom(s)) for n in range(n_ct)]
+    makers += [(f"mr_phantom_{n:03d}", lambda s=seed + n: make_mr_phantom(s)) for n in range(n_mr)]
+    makers.append(("mni152_brain", make_mni_brain))
+    labels: dict[str, dict[str, int]] = {}
+    for study_id, make in makers:
+        image, label = make()
+        _atomic_write(studies / f"{study_id}.nii.gz", image.to_filename)
+        _atomic_write(truth / f"{study_id}.nii.gz", label.to_filename)
+        labels[study_id] = study_labels(study_id)
+    text = json.dumps(labels, indent=2, sort_keys=True) + "\n"
+    _atomic_write(truth / "labels.json", lambda p: Path(p).write_text(text))
+    return [study_id for study_id, _ in makers]

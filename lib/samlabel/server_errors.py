@@ -1,0 +1,36 @@
+"""Turn bad requests into 4xx answers with a message, before MONAI Label would answer 500.
+
+MONAI Label answers an unknown image with a crash inside the loader, and treats any existing path
+given as an image id as a file to read; this app accepts only datastore ids, session images and
+uploads, and reports prompt mistakes as 422.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import HTTPException
+
+from samlabel.prompts import PromptError
+
+
+def _is_upload(image: str) -> bool:
+    """The infer endpoint stores an uploaded image as a temp file and passes its path."""
+    return Path(image).parent == Path(tempfile.gettempdir()) and Path(image).is_file()
+
+
+def checked_infer(infer: Callable[..., Any], tasks: dict, datastore, request: dict, *args) -> Any:
+    model = request.get("model")
+    if model not in tasks:
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has {sorted(tasks)}")
+    image = request.get("image")
+    if not isinstance(image, str) or not image:
+        raise HTTPException(status_code=422, detail="no image id given")
+    if not request.get("session") and not _is_upload(image) and not datastore.get_image_uri(image):
+        raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+    try:
+        return infer(request, *args)
+    except PromptError as e:
+        raise HTTPException(status_code=422, detail=str(e)) from e

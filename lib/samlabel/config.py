@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -34,18 +35,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AppConfig:
-    model: str = "litemedsam"
-    checkpoint: str = ""
-    device: str = "auto"
-    modality: str = "auto"
-    ct_window: tuple[float, float] = (-160.0, 240.0)
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
-    labels: tuple[str, ...] = ("organ",)
-    cache_mb: int = 1024
-    max_points: int = 100
-    propagation_iou: float = 0.5
-    propagation_box_margin: int = 2
-    propagation_mask_prompt: bool = False
+    """Server settings; the defaults live in ``configs/app.yaml`` (documented there and in the README)."""
+
+    model: str
+    checkpoint: str
+    device: str
+    modality: str
+    ct_window: tuple[float, float]
+    mr_percentiles: tuple[float, float]
+    labels: tuple[str, ...]
+    cache_mb: int
+    max_points: int
+    propagation_iou: float
+    propagation_box_margin: int
+    propagation_mask_prompt: bool
 
     @property
     def label_values(self) -> dict[str, int]:
@@ -53,7 +56,7 @@ class AppConfig:
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Turn a ``--conf`` string (or YAML value) into the type of the field's default."""
+    """Turn a ``--conf`` string into the type of the key's value in ``configs/app.yaml``."""
     if isinstance(value, str) and not isinstance(default, str):
         text = value.strip()
         try:
@@ -79,11 +82,13 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / "app.yaml") -> AppConfig:
     """Merge ``configs/app.yaml`` with the server's ``--conf`` pairs (unknown keys are left to MONAI Label)."""
-    values: dict[str, Any] = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
-    values.update(conf)
-    fields = {f.name: f.default for f in dataclasses.fields(AppConfig)}
-    parsed = {k: _coerce(k, v, fields[k]) for k, v in values.items() if k in fields}
-    cfg = AppConfig(**parsed)
+    defaults: dict[str, Any] = yaml.safe_load(defaults_file.read_text())
+    fields = {f.name for f in dataclasses.fields(AppConfig)}
+    if set(defaults) != fields:
+        raise ConfigError(f"{defaults_file}: keys must be exactly {sorted(fields)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()}
+    values.update({k: _coerce(k, v, values[k]) for k, v in conf.items() if k in fields})
+    cfg = AppConfig(**values)
     if cfg.modality not in ("auto", "ct", "mr"):
         raise ConfigError(f"--conf modality: {cfg.modality!r} is not one of auto, ct, mr")
     if not cfg.labels:
@@ -108,6 +113,8 @@ def load_model_config(name: str) -> ModelConfig:
         )
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: invalid model config ({e})") from e
+    if cfg.weights.url and not cfg.weights.sha256:
+        raise ConfigError(f"{path}: a weights url needs its sha256, so a cut-off download is never used")
     if cfg.pixel_norm not in ("unit", "sam"):
         raise ConfigError(f"{path}: pixel_norm must be 'unit' or 'sam'")
     return cfg

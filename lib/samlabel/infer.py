@@ -8,7 +8,8 @@ the image's affine.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from monai.data import MetaTensor

@@ -8,9 +8,9 @@ embeddings interpolated on load.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,9 @@ def build_model(architecture: str, img_size: int) -> Sam:
 def _resize_position_table(name: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Interpolate an absolute (1xHxWxC) or relative ((2S-1)xC) position table to ``target``'s shape."""
     if value.ndim == 4:  # pos_embed, 1 x H x W x C
-        grid = F.interpolate(value.permute(0, 3, 1, 2).float(), size=target.shape[1:3], mode="bicubic", align_corners=False)
+        grid = F.interpolate(
+            value.permute(0, 3, 1, 2).float(), size=target.shape[1:3], mode="bicubic", align_corners=False
+        )
         return grid.permute(0, 2, 3, 1).to(value.dtype)
     if value.ndim == 2:  # rel_pos_h / rel_pos_w, (2S-1) x head_dim
         line = F.interpolate(value.T[None].float(), size=target.shape[0], mode="linear", align_corners=False)

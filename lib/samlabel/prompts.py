@@ -9,8 +9,9 @@ negative direction) and ``slice`` for 2-D models; OHIF sends no ``slice``. Anyth
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,9 @@ class Prompt:
 
     def points_key(self) -> frozenset[tuple[int, int, int]]:
         """The clicks as a set of ``(i, j, label)``, for matching against earlier requests."""
-        return frozenset((int(i), int(j), int(lab)) for (i, j), lab in zip(self.points_ij, self.point_labels))
+        return frozenset(
+            (int(i), int(j), int(lab)) for (i, j), lab in zip(self.points_ij, self.point_labels, strict=True)
+        )
 
 
 def _as_index(value: Any, what: str) -> int:
@@ -66,7 +69,7 @@ def _points(params: Mapping[str, Any], key: str, shape: tuple[int, int, int], ma
         if not isinstance(p, (list, tuple)) or len(p) != 3:
             raise PromptError(f"each '{key}' point must be [i, j, k], got {p!r}")
         ijk = tuple(_as_index(v, f"'{key}' coordinate") for v in p)
-        if not all(0 <= v < n for v, n in zip(ijk, shape)):
+        if not all(0 <= v < n for v, n in zip(ijk, shape, strict=True)):
             raise PromptError(f"'{key}' point {list(ijk)} lies outside the image of shape {list(shape)}")
         points.append(ijk)
     return points

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 import numpy as np
 import torch
@@ -33,12 +33,10 @@ class RefinementStore:
     def previous(self, context: Hashable, clicks: Clicks) -> torch.Tensor | None:
         """Logits stored for the largest strict subset of ``clicks`` in ``context``, if any."""
         with self._lock:
-            best, best_size = None, -1
-            for (ctx, seen), logits in self._items.items():
-                if ctx == context and seen < clicks and len(seen) > best_size:
-                    best, best_size = (ctx, seen), len(seen)
-            if best is None:
+            subsets = [key for key in self._items if key[0] == context and key[1] < clicks]
+            if not subsets:
                 return None
+            best = max(subsets, key=lambda key: len(key[1]))
             self._items.move_to_end(best)
             return self._items[best]
 

@@ -47,8 +47,13 @@ def _rotation(rz_deg: float, rx_deg: float = 0.0) -> np.ndarray:
     return rx @ rz
 
 
-def _affine(shape: tuple[int, ...], spacing: tuple[float, ...], flips: tuple[int, int, int],
-            rot: np.ndarray, centre: tuple[float, float, float]) -> np.ndarray:
+def _affine(
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    flips: tuple[int, int, int],
+    rot: np.ndarray,
+    centre: tuple[float, float, float],
+) -> np.ndarray:
     """Voxel -> RAS mm affine with the volume centre at ``centre``; ``flips`` (-1) give LPS-like axes."""
     aff = np.eye(4)
     aff[:3, :3] = rot @ np.diag(np.multiply(flips, spacing))
@@ -61,15 +66,16 @@ def _coords(shape: tuple[int, ...], spacing: tuple[float, ...], angle_deg: float
 
     The rotation moves the anatomy inside the grid (patient pose), independent of the affine.
     """
-    x, y, z = (((np.arange(n) - (n - 1) / 2.0) * s) for n, s in zip(shape, spacing))
+    x, y, z = (((np.arange(n) - (n - 1) / 2.0) * s) for n, s in zip(shape, spacing, strict=True))
     c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
     xr = c * x[:, None, None] + s * y[None, :, None]
     yr = -s * x[:, None, None] + c * y[None, :, None]
     return xr, yr, z[None, None, :]
 
 
-def _smooth_field(rng: np.random.Generator, xyz: Coords, wavelength: tuple[float, float],
-                  n_waves: int = 6) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, xyz: Coords, wavelength: tuple[float, float], n_waves: int = 6
+) -> np.ndarray:
     """Random low-frequency field with unit std: cheap cosines instead of a wide Gaussian filter."""
     field = np.zeros(np.broadcast_shapes(*(a.shape for a in xyz)))
     for _ in range(n_waves):
@@ -80,14 +86,27 @@ def _smooth_field(rng: np.random.Generator, xyz: Coords, wavelength: tuple[float
     return field / max(float(field.std()), 1e-6)
 
 
-def _ellipsoid(xyz: Coords, centre: tuple[float, float, float], radii: tuple[float, float, float],
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def _ellipsoid(
+    xyz: Coords,
+    centre: tuple[float, float, float],
+    radii: tuple[float, float, float],
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """Implicit ellipsoid value (<1 inside); ``rng`` jitters centre by ~3 mm and radii by ~10%."""
     c, r = np.asarray(centre, float), np.asarray(radii, float)
     if rng is not None:
         c = c + rng.uniform(-3, 3, 3)
         r = r * rng.uniform(0.9, 1.1, 3)
-    return sum(((a - ci) / ri) ** 2 for a, ci, ri in zip(xyz, c, r))
+    return sum(((a - ci) / ri) ** 2 for a, ci, ri in zip(xyz, c, r, strict=True))
+
+
+def _largest(mask: np.ndarray, n: int = 1) -> np.ndarray:
+    """Keep the ``n`` largest connected pieces, so each organ is one clean target (two kidneys)."""
+    comp, count = ndimage.label(mask)
+    if count <= n:
+        return mask
+    sizes = np.bincount(comp.ravel())[1:]
+    return np.isin(comp, np.argsort(sizes)[::-1][:n] + 1)
 
 
 def make_ct_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
@@ -97,35 +116,40 @@ def make_ct_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     x, y, _ = xyz
     wobble = 0.12 * _smooth_field(rng, xyz, (40.0, 80.0))  # irregular organ outlines
     bs = rng.uniform(0.95, 1.05, 2)
-    body = ((x / (64 * bs[0])) ** 2 + (y / (52 * bs[1])) ** 2) < 1
-    inner = ((x / (58 * bs[0])) ** 2 + (y / (46 * bs[1])) ** 2) < 1  # inside the subcutaneous fat
+    body = np.broadcast_to(((x / (64 * bs[0])) ** 2 + (y / (52 * bs[1])) ** 2) < 1, CT_SHAPE)
+    inner = np.broadcast_to(((x / (58 * bs[0])) ** 2 + (y / (46 * bs[1])) ** 2) < 1, CT_SHAPE)  # in the fat
     spine = np.broadcast_to(((x / 9) ** 2 + ((y - 32) / 9) ** 2) < 1, CT_SHAPE)
-    liver = np.minimum.reduce([
-        _ellipsoid(xyz, (-28, -2, 12), (24, 32, 24), rng),
-        _ellipsoid(xyz, (-8, -18, 18), (16, 14, 16), rng),
-        _ellipsoid(xyz, (-38, 15, 6), (12, 12, 14), rng),
-    ]) < 1 + wobble
+    lobes = [((-28, -2, 12), (24, 32, 24)), ((-8, -18, 18), (16, 14, 16)), ((-38, 15, 6), (12, 12, 14))]
+    liver = np.minimum.reduce([_ellipsoid(xyz, c, r, rng) for c, r in lobes]) < 1 + wobble
     spleen = _ellipsoid(xyz, (38, 8, 20), (14, 22, 22), rng) < 1 + wobble
-    kidney_f = np.minimum(_ellipsoid(xyz, (-30, 20, -24), (12, 17, 22), rng),
-                          _ellipsoid(xyz, (30, 20, -20), (12, 17, 22), rng))
+    kidney_f = np.minimum(
+        _ellipsoid(xyz, (-30, 20, -24), (12, 17, 22), rng), _ellipsoid(xyz, (30, 20, -20), (12, 17, 22), rng)
+    )
     hilum = np.minimum(_ellipsoid(xyz, (-18, 20, -24), (6, 7, 40)), _ellipsoid(xyz, (18, 20, -20), (6, 7, 40)))
     kidney = (kidney_f < 1 + wobble) & (hilum >= 1)
 
     hu = np.full(CT_SHAPE, -1000.0)
-    hu[body] = -100.0
-    hu[inner] = 40.0
+    hu[body] = 40.0  # abdominal wall muscle
+    hu[inner] = -80.0  # visceral fat around the organs, as in most abdominal CT
     label = np.zeros(CT_SHAPE, np.uint8)
-    for value, mask, organ_hu in ((1, liver, 60.0), (2, spleen, 45.0), (3, kidney, 150.0)):
-        mask = mask & inner & ~spine
+    kidney = _largest(kidney & inner & ~spine, 2)
+    spleen = _largest(spleen & inner & ~spine & ~kidney)
+    liver = _largest(liver & inner & ~spine & ~kidney & ~spleen)
+    for value, mask, organ_hu in ((1, liver, 100.0), (2, spleen, 115.0), (3, kidney, 180.0)):  # portal venous phase
         hu[mask], label[mask] = organ_hu, value
-    hu[kidney & inner & (kidney_f < 0.35)] = 110.0  # medulla, still labelled kidney
+    hu[kidney & (kidney_f < 0.35)] = 140.0  # medulla, still labelled kidney
     hu[spine] = 500.0
     hu = ndimage.gaussian_filter(hu, (0.7, 0.7, 0.4))  # partial-volume edges
-    hu += 15.0 * _smooth_field(rng, xyz, (150.0, 300.0), 3)  # beam-hardening-like bias
+    hu += 5.0 * _smooth_field(rng, xyz, (150.0, 300.0), 3)  # beam-hardening-like bias
     hu += rng.normal(0.0, rng.uniform(10, 20), CT_SHAPE)
     image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    aff = _affine(CT_SHAPE, CT_SPACING, (-1, -1, 1), _rotation(rng.uniform(-5, 5)),
-                  (rng.uniform(-10, 10), rng.uniform(0, 40), rng.uniform(-200, -100)))
+    aff = _affine(
+        CT_SHAPE,
+        CT_SPACING,
+        (-1, -1, 1),
+        _rotation(rng.uniform(-5, 5)),
+        (rng.uniform(-10, 10), rng.uniform(0, 40), rng.uniform(-200, -100)),
+    )
     return _nifti(image, aff), _nifti(label, aff)
 
 
@@ -141,8 +165,10 @@ def make_mr_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     brain_f = (x / (61 * bs[0])) ** 2 + (y / (73 * bs[1])) ** 2 + (z / 86) ** 2
     ventricles = np.minimum(_ellipsoid(xyz, (-7, 0, 5), (4, 18, 20)), _ellipsoid(xyz, (7, 0, 5), (4, 18, 20))) < 1
     bright = _ellipsoid(xyz, (25, -20, 5), (16, 20, 27), rng) < 1 + wobble
-    dark = np.minimum(_ellipsoid(xyz, (-28, 25, -5), (18, 16, 24), rng),
-                      _ellipsoid(xyz, (-15, 38, 2), (12, 12, 18), rng)) < 1 + wobble
+    dark_f = np.minimum(
+        _ellipsoid(xyz, (-28, 25, -5), (18, 16, 24), rng), _ellipsoid(xyz, (-15, 38, 2), (12, 12, 18), rng)
+    )
+    dark = dark_f < 1 + wobble
 
     signal = np.zeros(MR_SHAPE)
     signal[head_f < 1] = 700.0  # scalp fat
@@ -150,16 +176,22 @@ def make_mr_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     signal[brain_f < 1] = 380.0 + 30.0 * wobble[brain_f < 1]  # mild tissue heterogeneity
     signal[ventricles] = 120.0
     label = np.zeros(MR_SHAPE, np.uint8)
+    bright = _largest(bright & (brain_f < 1) & ~ventricles)
+    dark = _largest(dark & (brain_f < 1) & ~ventricles & ~bright)
     for value, mask, level in ((1, bright, 850.0), (2, dark, 190.0)):
-        mask = mask & (brain_f < 1) & ~ventricles
         signal[mask], label[mask] = level, value
     signal = ndimage.gaussian_filter(signal, (0.6, 0.6, 0.4))
-    signal *= 1.0 + 0.2 * _smooth_field(rng, xyz, (200.0, 400.0), 3)  # receive-coil bias
+    signal *= 1.0 + 0.1 * _smooth_field(rng, xyz, (200.0, 400.0), 3)  # receive-coil bias
     sigma = rng.uniform(15, 30)
     noisy = np.hypot(signal + rng.normal(0, sigma, MR_SHAPE), rng.normal(0, sigma, MR_SHAPE))  # Rician
     image = np.clip(np.rint(noisy), 0, 4095).astype(np.int16)
-    aff = _affine(MR_SHAPE, MR_SPACING, (1, -1, 1), _rotation(rng.uniform(-5, 5), rng.uniform(-8, 8)),
-                  (rng.uniform(-5, 5), rng.uniform(-20, 20), rng.uniform(0, 30)))
+    aff = _affine(
+        MR_SHAPE,
+        MR_SPACING,
+        (1, -1, 1),
+        _rotation(rng.uniform(-5, 5), rng.uniform(-8, 8)),
+        (rng.uniform(-5, 5), rng.uniform(-20, 20), rng.uniform(0, 30)),
+    )
     return _nifti(image, aff), _nifti(label, aff)
 
 
@@ -178,7 +210,7 @@ def make_mni_brain() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     shape = np.asarray(t1.shape)
     lo = np.maximum(nz.min(0) - 4, 0)
     n = np.minimum((nz.max(0) + 5 - lo + 1) // 2, (shape - lo) // 2)  # whole 2-voxel blocks
-    box = tuple(slice(a, a + 2 * b) for a, b in zip(lo, n))
+    box = tuple(slice(a, a + 2 * b) for a, b in zip(lo, n, strict=True))
 
     def down(a: np.ndarray) -> np.ndarray:
         return a[box].reshape(n[0], 2, n[1], 2, n[2], 2).mean(axis=(1, 3, 5), dtype=np.float64)
@@ -234,6 +266,6 @@ def write_sample_studies(out_dir: Path, n_ct: int = 3, n_mr: int = 2, seed: int 
         _atomic_write(studies / f"{study_id}.nii.gz", image.to_filename)
         _atomic_write(truth / f"{study_id}.nii.gz", label.to_filename)
         labels[study_id] = study_labels(study_id)
-    text = json.dumps(labels, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(labels, indent=2) + "\n"
     _atomic_write(truth / "labels.json", lambda p: Path(p).write_text(text))
     return [study_id for study_id, _ in makers]

@@ -8,6 +8,7 @@ every file is checked against its sha256 before it is loaded.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.resources
 import os
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ def sha256_file(path: Path) -> str:
 def verify(path: Path, sha256: str | None) -> Path:
     """Return ``path`` if its sha256 matches (or none is known); raise :class:`WeightsError` otherwise."""
     if sha256 and sha256_file(path) != sha256:
-        raise WeightsError(f"{path} does not match its sha256 {sha256}: the file is corrupt or not the expected weights")
+        raise WeightsError(
+            f"{path} does not match its sha256 {sha256}: the file is corrupt or not the expected weights"
+        )
     return path
 
 
@@ -80,8 +83,10 @@ def _download(spec: WeightsSpec, target: Path) -> Path:
     try:
         # torch's downloader shows a tqdm bar and writes to a temp file; we check the digest before the rename
         torch.hub.download_url_to_file(spec.url, str(partial), progress=True)
-    except OSError as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:
         partial.unlink(missing_ok=True)
+        for leftover in target.parent.glob(partial.name + ".*.partial"):  # torch's own temp file
+            leftover.unlink(missing_ok=True)
         raise WeightsError(
             f"could not download {spec.filename} from {spec.url} ({e}). Offline? Download it elsewhere and put it at "
             f"{target} (or pass --conf checkpoint PATH)."

@@ -78,3 +78,23 @@ def test_missing_key_fails_strict_loading(tmp_path, litemedsam_path):
     torch.save(state, path)
     with pytest.raises(RuntimeError, match="iou_token"):
         load_checkpoint(build_model("litemedsam", 256), path)
+
+
+def test_sam_med2d_checkpoint_layout_loads_with_its_adapters(tmp_path):
+    """A file laid out as SAM-Med2D saves it: {'model': weights with blocks.N.Adapter.*, 'optimizer': object}."""
+    source = build_model("sam_med2d", 256)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # differ from a fresh build
+    weights = {k.replace(".mlp.adapter.", ".Adapter."): v for k, v in source.state_dict().items()}
+    assert "image_encoder.blocks.11.Adapter.spatial.2.weight" in weights
+    path = tmp_path / "sam-med2d_b.pth"
+    torch.save({"model": weights, "optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)}, path)
+
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(build_model("sam_med2d", 256), path)  # pickled objects are refused unless allowed
+    model = build_model("sam_med2d", 256)
+    load_checkpoint(model, path, allow_pickle=load_model_config("sam_med2d").weights.allow_pickle)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(model.image_encoder(x), source.image_encoder(x))

@@ -104,7 +104,7 @@ class SamEngine:
         self.device = pick_device(app_cfg.device)
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.model = build_model(model_cfg.architecture, model_cfg.img_size)
-        load_checkpoint(self.model, self.weights_path)
+        load_checkpoint(self.model, self.weights_path, model_cfg.weights.allow_pickle)
         self.model.to(self.device).eval()
         self.version = f"{model_cfg.name}@{sha256_file(self.weights_path)[:12]}"
         self.cache = EmbeddingCache(app_cfg.cache_mb * 2**20)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from samlabel.sam_med2d import add_sam_med2d_adapters, rename_sam_med2d_keys
+
 PROMPT_DIM = 256
 
 
@@ -81,8 +83,14 @@ def _build_vit(embed_dim: int, depth: int, num_heads: int, global_attn: list[int
     return _sam(encoder, img_size, img_size // 16)
 
 
+def build_sam_med2d(img_size: int = 256) -> Sam:
+    """SAM-Med2D: ViT-B with an adapter in every block, trained on medical images at 256²."""
+    return add_sam_med2d_adapters(_build_vit(768, 12, 12, [2, 5, 8, 11], img_size))
+
+
 MODEL_REGISTRY: dict[str, Callable[[int], Sam]] = {
     "litemedsam": build_litemedsam,
+    "sam_med2d": build_sam_med2d,
     "vit_b": partial(_build_vit, 768, 12, 12, [2, 5, 8, 11]),
     "vit_l": partial(_build_vit, 1024, 24, 16, [5, 11, 17, 23]),
     "vit_h": partial(_build_vit, 1280, 32, 16, [7, 15, 23, 31]),
@@ -109,11 +117,16 @@ def _resize_position_table(name: str, value: torch.Tensor, target: torch.Tensor)
     raise ValueError(f"cannot resize {name} from {tuple(value.shape)} to {tuple(target.shape)}")
 
 
-def load_checkpoint(model: Sam, path: Path) -> None:
-    """Load a SAM-layout state dict strictly, resizing position tables trained at another input size."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(model: Sam, path: Path, allow_pickle: bool = False) -> None:
+    """Load a SAM-layout state dict strictly, resizing position tables trained at another input size.
+
+    ``allow_pickle`` is for checkpoints that pickle whole objects beside the weights (SAM-Med2D saves its
+    optimizer): torch then runs arbitrary code from the file, so the model config must ask for it.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    state = rename_sam_med2d_keys(state)
     own = model.state_dict()
     for name, value in state.items():
         is_position = name.endswith("pos_embed") or ".rel_pos_" in name

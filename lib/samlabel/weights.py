@@ -29,6 +29,7 @@ class WeightsSpec:
     sha256: str | None = None
     package: str | None = None
     url: str | None = None
+    allow_pickle: bool = False  # the file pickles objects beside the weights (torch.load weights_only=False)
 
 
 def cache_dir() -> Path:

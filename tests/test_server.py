@@ -17,8 +17,10 @@ LIVER = 1
 
 
 @pytest.fixture(scope="module")
-def client(server) -> MONAILabelClient:
-    return MONAILabelClient(server)
+def client(server, tmp_path_factory) -> MONAILabelClient:
+    # its own folder: the client saves results under the server's temp-file name, which the server
+    # deletes after answering; sharing /tmp with a server on this machine races with that cleanup
+    return MONAILabelClient(server, tmpdir=str(tmp_path_factory.mktemp("client")))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""In-process accuracy of a SAM engine on labelled volumes, through the same code paths as the server.
+
+Clicks come from :mod:`samlabel.simulated_user`, go through :func:`samlabel.prompts.parse_prompt` as
+viewer requests would, and are refined with :func:`samlabel.refinement.segment_prompt`; 3-D masks
+grow with :func:`samlabel.propagation.propagate`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from samlabel.engine import SamEngine
+from samlabel.geometry import put_slice, volume_slice
+from samlabel.prompts import parse_prompt
+from samlabel.propagation import PropagationSettings, propagate
+from samlabel.refinement import RefinementStore, segment_prompt
+from samlabel.simulated_user import next_click
+
+TARGET = {"target": 1}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * (a & b).sum() / total)
+
+
+def targets(label: np.ndarray, names: dict[str, int], min_voxels: int = 50) -> dict[str, np.ndarray]:
+    """One boolean mask per connected object of each label: a box prompt frames one object (one kidney)."""
+    found = {}
+    for name, value in names.items():
+        components, count = ndimage.label(label == value)
+        parts = [components == n for n in range(1, count + 1) if (components == n).sum() >= min_voxels]
+        for n, part in enumerate(parts):
+            found[name if len(parts) == 1 else f"{name}_{n + 1}"] = part
+    return found
+
+
+def largest_slice(truth: np.ndarray) -> int:
+    """The k with the most target voxels in an ``(I, J, K)`` mask."""
+    return int(np.argmax(truth.sum(axis=(0, 1))))
+
+
+def roi_of(truth: np.ndarray, k: int | None = None) -> list[int]:
+    """Slicer-style ``roi`` ``[i0, i1, j0, j1, k0, k1]`` around the target (on slice ``k`` only if given)."""
+    region = truth if k is None else truth[:, :, k : k + 1]
+    i, j, kk = np.nonzero(region)
+    k0, k1 = (int(kk.min()), int(kk.max())) if k is None else (k, k)
+    return [int(i.min()), int(i.max()), int(j.min()), int(j.max()), k0, k1]
+
+
+def click_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, k: int, n_clicks: int) -> list[float]:
+    """Dice on slice ``k`` after each of ``n_clicks`` simulated clicks (previous mask fed back)."""
+    store, truth_hw = RefinementStore(), volume_slice(truth, k).astype(bool)
+    clicks: dict[str, list[list[int]]] = {"foreground": [], "background": []}
+    scores, prediction = [], None
+    for _ in range(n_clicks):
+        click = next_click(truth_hw, prediction)
+        if click is None:
+            scores.append(scores[-1])
+            continue
+        row, col, label = click
+        clicks["foreground" if label else "background"].append([col, row, k])
+        prompt = parse_prompt(clicks, volume01.shape, TARGET)
+        result, _ = segment_prompt(engine, store, volume01, prompt, "evaluation")
+        prediction = result.mask
+        scores.append(dice(prediction, truth_hw))
+    return scores
+
+
+def box_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Dice on slice ``k`` from the target's tight box there."""
+    prompt = parse_prompt({"roi": roi_of(truth, k)}, volume01.shape, TARGET)
+    result, _ = segment_prompt(engine, RefinementStore(), volume01, prompt, "evaluation")
+    return dice(result.mask, volume_slice(truth, k))
+
+
+def roi_volume_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, settings: PropagationSettings) -> float:
+    """3-D Dice of ``sam_3d`` from an roi around the whole target (box on its middle slice, then propagation)."""
+    prompt = parse_prompt({"roi": roi_of(truth)}, volume01.shape, TARGET)
+    start, _ = segment_prompt(engine, RefinementStore(), volume01, prompt, "evaluation")
+    label = np.zeros(truth.shape, dtype=np.uint8)
+    for k, mask in propagate(engine, volume01, prompt.slice, start, prompt.k_range, settings).items():
+        put_slice(label, k, mask, 1)
+    return dice(label, truth)

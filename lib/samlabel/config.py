@@ -18,6 +18,7 @@ import yaml
 from samlabel.weights import WeightsSpec
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+ASSET_DIR = Path(__file__).resolve().parent / "assets"  # adapters trained by the project, shipped in the package
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,7 @@ class ModelConfig:
     img_size: int
     pixel_norm: str  # "unit": [0, 1]; "sam": 0-255 then SAM's pixel mean/std
     weights: WeightsSpec
+    adapter: Path | None  # the adapter served by default (--conf adapter default)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class AppConfig:
 
     model: str
     checkpoint: str
+    adapter: str
     device: str
     modality: str
     ct_window: tuple[float, float]
@@ -110,6 +113,7 @@ def load_model_config(name: str) -> ModelConfig:
             img_size=int(raw["img_size"]),
             pixel_norm=raw.get("pixel_norm", "unit"),
             weights=WeightsSpec(**raw["weights"]),
+            adapter=ASSET_DIR / raw["adapter"] if raw.get("adapter") else None,
         )
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: invalid model config ({e})") from e

@@ -12,11 +12,13 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
+from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter
 from samlabel.config import AppConfig, ModelConfig
 from samlabel.geometry import SliceGeometry, slice_geometry, volume_slice
 from samlabel.models import build_model, load_checkpoint
@@ -105,21 +107,42 @@ class SamEngine:
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.model = build_model(model_cfg.architecture, model_cfg.img_size)
         load_checkpoint(self.model, self.weights_path, model_cfg.weights.allow_pickle)
+        self.base_sha256 = sha256_file(self.weights_path)
+        self.adapter = self._load_adapter(app_cfg.adapter)
         self.model.to(self.device).eval()
-        self.version = f"{model_cfg.name}@{sha256_file(self.weights_path)[:12]}"
+        self.version = f"{model_cfg.name}@{self.base_sha256[:12]}" + (
+            f"+{self.adapter.version}" if self.adapter else ""
+        )
         self.cache = EmbeddingCache(app_cfg.cache_mb * 2**20)
         self.encoder_runs = 0
         self._lock = threading.Lock()
         logger.info("SAM engine %s on %s from %s", self.version, self.device, self.weights_path)
 
+    def _load_adapter(self, choice: str) -> AdapterInfo | None:
+        """``default``: the model config's shipped adapter, if it fits these weights; ``none``; or a path."""
+        if choice == "none":
+            return None
+        if choice == "default":
+            if not self.model_cfg.adapter:
+                return None
+            try:
+                return apply_adapter(self.model, self.model_cfg.adapter, self.model_cfg.name, self.base_sha256)
+            except AdapterError as e:
+                logger.warning("not using the default adapter: %s", e)
+                return None
+        return apply_adapter(self.model, Path(choice), self.model_cfg.name, self.base_sha256)
+
     def geometry(self, volume_shape: tuple[int, ...]) -> SliceGeometry:
         return slice_geometry(volume_shape, self.model_cfg.img_size)
+
+    def model_input(self, volume01: np.ndarray, k: int) -> torch.Tensor:
+        """Slice ``k`` of a [0, 1] volume as the encoder's ``(3, S, S)`` input."""
+        return slice_to_model_input(volume_slice(volume01, k), self.geometry(volume01.shape), self.model_cfg.pixel_norm)
 
     @torch.inference_mode()
     def embed(self, volume01: np.ndarray, k: int) -> torch.Tensor:
         """Image embedding of slice ``k`` of a [0, 1] volume, from the cache when it was seen before."""
-        geometry = self.geometry(volume01.shape)
-        x = slice_to_model_input(volume_slice(volume01, k), geometry, self.model_cfg.pixel_norm)
+        x = self.model_input(volume01, k)
         key = f"{self.version}:{hashlib.sha1(x.numpy().tobytes()).hexdigest()}"
         cached = self.cache.get(key)
         if cached is not None:

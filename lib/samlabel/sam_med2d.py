@@ -2,9 +2,8 @@
 
 SAM-Med2D adds to every ViT block an adapter that runs beside the MLP on the same normalised input
 (``x + mlp(norm2(x)) + adapter(norm2(x))``): a squeeze-excitation channel gate, a stride-2 conv and
-a transposed conv back, a skip connection and a LayerNorm. Here the MLP of each block is swapped for
-an :class:`MLPWithAdapter` (same ``lin1``/``lin2`` names), and the checkpoint's ``blocks.N.Adapter.*``
-keys are renamed to ``blocks.N.mlp.adapter.*`` on load.
+a transposed conv back, a skip connection and a LayerNorm. It is attached with :func:`samlabel.adapters.add_adapters`, and the
+checkpoint's ``blocks.N.Adapter.*`` keys are renamed to ``blocks.N.mlp.adapter.*`` on load.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ import re
 
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.modeling.common import MLPBlock
 from torch import nn
+
+from samlabel.adapters import add_adapters
 
 
 class SamMed2DAdapter(nn.Module):
@@ -41,23 +41,9 @@ class SamMed2DAdapter(nn.Module):
         return self.norm(grid.permute(0, 2, 3, 1))
 
 
-class MLPWithAdapter(MLPBlock):
-    """A ViT block's MLP plus a parallel adapter on the same input (keeps the MLP's parameter names)."""
-
-    def __init__(self, mlp: MLPBlock, adapter: nn.Module):
-        super().__init__(mlp.lin1.in_features, mlp.lin1.out_features)
-        self.load_state_dict(mlp.state_dict())
-        self.adapter = adapter
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.adapter(x)
-
-
 def add_sam_med2d_adapters(model: Sam) -> Sam:
     """Insert a SAM-Med2D adapter beside the MLP of every ViT block, in place."""
-    for block in model.image_encoder.blocks:
-        block.mlp = MLPWithAdapter(block.mlp, SamMed2DAdapter(block.norm2.normalized_shape[0]))
-    return model
+    return add_adapters(model, SamMed2DAdapter)
 
 
 def rename_sam_med2d_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,21 +11,29 @@ import numpy as np
 from scipy import ndimage
 
 
-def _deepest_point(region: np.ndarray) -> tuple[int, int]:
-    """The pixel of a 2-D region farthest from its border (row, col)."""
+def _deepest_point(region: np.ndarray, rng: np.random.Generator | None) -> tuple[int, int]:
+    """The pixel of a 2-D region farthest from its border (row, col); with ``rng``, a random pixel at
+    least half as deep, as real annotators do not hit the exact centre (used to train on varied clicks)."""
     distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), region.shape)
+    if rng is None:
+        row, col = np.unravel_index(int(np.argmax(distance)), region.shape)
+    else:
+        rows, cols = np.nonzero(distance >= 0.5 * distance.max())
+        pick = int(rng.integers(len(rows)))
+        row, col = rows[pick], cols[pick]
     return int(row), int(col)
 
 
-def next_click(truth: np.ndarray, prediction: np.ndarray | None) -> tuple[int, int, int] | None:
+def next_click(
+    truth: np.ndarray, prediction: np.ndarray | None, rng: np.random.Generator | None = None
+) -> tuple[int, int, int] | None:
     """Next click on a 2-D slice as ``(row, col, label)``; None when the prediction is already exact.
 
     ``truth`` and ``prediction`` are boolean ``(H, W)`` arrays (``prediction`` None before any click).
     """
     truth = truth.astype(bool)
     if prediction is None:
-        return (*_deepest_point(truth), 1) if truth.any() else None
+        return (*_deepest_point(truth, rng), 1) if truth.any() else None
     prediction = prediction.astype(bool)
     errors = []
     for error, label in ((truth & ~prediction, 1), (prediction & ~truth, 0)):
@@ -36,4 +44,4 @@ def next_click(truth: np.ndarray, prediction: np.ndarray | None) -> tuple[int, i
     if not errors:
         return None
     _, region, label = max(errors, key=lambda e: e[0])
-    return (*_deepest_point(region), label)
+    return (*_deepest_point(region, rng), label)

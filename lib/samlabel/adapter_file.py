@@ -1,0 +1,101 @@
+"""Adapter files: the trained parts of SAM (adapters, mask decoder, point embeddings), small and versioned.
+
+A file sits beside the untouched base weights and names the base it was trained on (model name and
+the sha256 of its weights file), so it is refused for another base. Tensors are stored in fp16; the
+file is written to a temp file, fsynced and renamed, so a reader never sees half of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from segment_anything.modeling import Sam
+
+from samlabel.adapters import BottleneckAdapter, add_adapters, trainable_filter
+
+FORMAT = "samlabel-adapter"
+FORMAT_VERSION = 1
+
+
+class AdapterError(ValueError):
+    """An adapter file is unreadable, of another format, or made for another base model."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What an adapter file says about itself."""
+
+    version: str
+    base_model: str
+    base_sha256: str
+    ratio: float
+    parts: tuple[str, ...]
+    created: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def save_adapter(path: Path, model: Sam, info: AdapterInfo) -> Path:
+    """Write the ``info.parts`` of ``model`` (fp16) with ``info`` to ``path`` atomically."""
+    state = {
+        k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items() if trainable_filter(k, info.parts)
+    }
+    created = info.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": {**asdict(info), "created": created}}
+    payload["state"] = state
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_adapter(path: Path) -> tuple[AdapterInfo, dict[str, torch.Tensor]]:
+    """Read and check an adapter file's format (not yet its base)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled objects
+        raise AdapterError(f"cannot read adapter file {path}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise AdapterError(f"{path} is not a samlabel adapter file")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise AdapterError(
+            f"{path} has adapter format {payload.get('format_version')}; this app reads {FORMAT_VERSION}"
+        )
+    raw = dict(payload["info"])
+    raw["parts"] = tuple(raw["parts"])
+    return AdapterInfo(**raw), payload["state"]
+
+
+def apply_adapter(model: Sam, path: Path, base_model: str, base_sha256: str) -> AdapterInfo:
+    """Add adapters to a base ``model`` and load an adapter file into it; refuse a file for another base."""
+    info, state = read_adapter(path)
+    if info.base_sha256 != base_sha256 or info.base_model != base_model:
+        raise AdapterError(
+            f"{path} was trained on {info.base_model} (weights sha256 {info.base_sha256[:12]}), "
+            f"not on {base_model} ({base_sha256[:12]})"
+        )
+    if "adapters" in info.parts:
+        add_adapters(model, lambda dim: BottleneckAdapter(dim, info.ratio))
+    own = model.state_dict()
+    expected = {k for k in own if trainable_filter(k, info.parts)}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+        raise AdapterError(f"{path} does not fit this model (missing {missing}, unexpected {extra})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    return info

@@ -1,0 +1,78 @@
+"""Training samples: one 2-D object on one slice, with the slice's image embedding.
+
+The image encoder's base weights are frozen; while the adapters are not trained (the CPU recipe) the
+embedding of a slice never changes, so it is computed once, through the serving engine (and its cache),
+and every click-simulation step reuses it. Volumes get MONAI intensity and flip augmentation first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandScaleIntensityd
+from scipy import ndimage
+from tqdm import tqdm
+
+from samlabel.engine import SamEngine
+from samlabel.geometry import volume_slice
+
+
+@dataclass(frozen=True)
+class SliceSample:
+    """An object mask ``(H, W)`` on slice ``k`` of volume ``volume``; the slice's model input and embedding."""
+
+    volume: str
+    k: int
+    mask: np.ndarray
+    image: torch.Tensor  # 3xSxS, for training with the encoder in the loop (adapters)
+    embedding: torch.Tensor  # of the base encoder, for training the decoder side only
+
+
+def augmentation(seed: int) -> Compose:
+    """Intensity (contrast, scale, noise) and flip augmentation of a [0, 1] volume and its label."""
+    transforms = Compose(
+        [
+            RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
+            RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+            RandAdjustContrastd(keys="image", prob=0.7, gamma=(0.6, 1.6)),
+            RandScaleIntensityd(keys="image", prob=0.5, factors=0.2),
+            RandGaussianNoised(keys="image", prob=0.5, std=0.03),
+        ]
+    )
+    transforms.set_random_state(seed)
+    return transforms
+
+
+def objects_on_slice(label_hw: np.ndarray, min_pixels: int) -> list[np.ndarray]:
+    """Each connected object of each label value on one slice: what one prompt should segment."""
+    found = []
+    for value in np.unique(label_hw[label_hw > 0]):
+        components, count = ndimage.label(label_hw == value)
+        found += [components == n for n in range(1, count + 1) if (components == n).sum() >= min_pixels]
+    return found
+
+
+def slice_samples(
+    engine: SamEngine,
+    volumes: list[tuple[str, np.ndarray, np.ndarray]],
+    slice_step: int = 2,
+    min_pixels: int = 30,
+    augment_seed: int | None = None,
+) -> list[SliceSample]:
+    """Samples from ``(name, volume01, label)`` triples, every ``slice_step``-th slice that holds a label."""
+    samples = []
+    for n, (name, volume01, label) in enumerate(tqdm(volumes, desc="embedding slices", unit="volume")):
+        if augment_seed is not None:
+            data = augmentation(augment_seed + n)({"image": volume01[None], "label": label[None]})
+            volume01 = np.clip(np.asarray(data["image"][0], dtype=np.float32), 0, 1)
+            label = np.asarray(data["label"][0]).astype(label.dtype)
+        ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]
+        for k in ks:
+            objects = objects_on_slice(volume_slice(label, int(k)), min_pixels)
+            if objects:
+                image = engine.model_input(volume01, int(k))
+                embedding = engine.embed(volume01, int(k)).cpu().clone()  # a normal tensor, usable in autograd
+                samples += [SliceSample(name, int(k), mask, image, embedding) for mask in objects]
+    return samples

@@ -1,0 +1,114 @@
+"""One training sample's loss under iterative click simulation (SAM-Med2D style).
+
+A few earlier clicks are simulated without gradients, each from the error of the previous prediction,
+whose logits become the next ``mask_input``; the last click is trained. A share of samples gets a
+jittered box instead, so the box accuracy LiteMedSAM was trained for is kept. A lone click asks for
+SAM's three masks and learns from the best one (SAM's ambiguity-aware loss); the IoU head learns the
+real IoU of every mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceFocalLoss
+from segment_anything.modeling import Sam
+
+from samlabel.engine import predict_masks
+from samlabel.geometry import SliceGeometry, mask_box
+from samlabel.simulated_user import next_click
+from samlabel.training.samples import SliceSample
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    box_share: float = 0.25  # share of samples prompted with a box
+    max_prior_clicks: int = 4  # clicks simulated (without gradients) before the trained one
+    box_jitter: int = 4  # pixels of random box enlargement, as MedSAM trained
+    iou_weight: float = 1.0
+
+
+class InteractiveLoss:
+    """Dice + focal on the low-res logits (MONAI), plus MSE of the predicted IoU."""
+
+    def __init__(self, settings: StepSettings):
+        self.settings = settings
+        self.mask_loss = DiceFocalLoss(sigmoid=True, reduction="none")
+
+    def __call__(self, logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` 1xMxhxw, ``iou_pred`` 1xM, ``target`` 1x1xhxw -> the loss of the best of the M masks."""
+        masks = logits.shape[1]
+        per_mask = self.mask_loss(logits.transpose(0, 1), target.expand(masks, -1, -1, -1)).flatten(1).mean(1)
+        with torch.no_grad():
+            pred = logits[0] > 0
+            inter = (pred & target[0].bool()).flatten(1).sum(1).float()
+            union = (pred | target[0].bool()).flatten(1).sum(1).float()
+            real_iou = inter / union.clamp(min=1)
+        return per_mask.min() + self.settings.iou_weight * F.mse_loss(iou_pred[0], real_iou)
+
+
+def low_res_target(mask_hw: np.ndarray, geometry: SliceGeometry, size: tuple[int, int]) -> torch.Tensor:
+    """A slice mask in the decoder's low-res, padded model frame (1x1xhxw float)."""
+    model_frame = geometry.image_to_model(torch.from_numpy(mask_hw.astype(np.float32))[None])
+    return (F.interpolate(model_frame[None], size=size, mode="area") > 0.5).float()
+
+
+def _points(clicks: list[tuple[int, int, int]], geometry: SliceGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    ij = np.array([[col, row] for row, col, _ in clicks])
+    labels = torch.tensor([[lab for _, _, lab in clicks]])
+    return torch.from_numpy(geometry.voxels_to_model(ij))[None], labels
+
+
+def sample_loss(
+    model: Sam,
+    sample: SliceSample,
+    geometry: SliceGeometry,
+    loss: InteractiveLoss,
+    rng: np.random.Generator,
+    encode: bool = False,
+) -> torch.Tensor:
+    """The loss of one sample, with a random prompt: box, or a click after 0..N simulated clicks.
+
+    ``encode`` runs the image encoder in the loop (needed when its adapters train); otherwise the
+    sample's precomputed embedding is used.
+    """
+    settings = loss.settings
+    embedding = model.image_encoder(sample.image[None]) if encode else sample.embedding
+    target = low_res_target(sample.mask, geometry, tuple(model.prompt_encoder.mask_input_size))
+    if rng.random() < settings.box_share:
+        i0, i1, j0, j1 = mask_box(sample.mask)
+        h, w = sample.mask.shape
+        jitter = rng.integers(0, settings.box_jitter + 1, 4)
+        box = geometry.box_to_model(
+            max(i0 - jitter[0], 0), min(i1 + jitter[1], w - 1), max(j0 - jitter[2], 0), min(j1 + jitter[3], h - 1)
+        )
+        logits, iou = predict_masks(model, embedding, None, torch.from_numpy(box)[None], None, multimask=False)
+        return loss(logits, iou, target)
+
+    clicks: list[tuple[int, int, int]] = []
+    previous, prediction = None, None
+    with torch.no_grad():
+        for _ in range(int(rng.integers(0, settings.max_prior_clicks + 1))):
+            click = next_click(sample.mask, prediction, rng)
+            if click is None:
+                break
+            clicks.append(click)
+            logits, iou = predict_masks(
+                model,
+                embedding,
+                _points(clicks, geometry),
+                None,
+                previous,
+                multimask=previous is None and len(clicks) == 1,
+            )
+            best = int(torch.argmax(iou[0]))
+            previous = logits[:, best : best + 1]
+            prediction = (geometry.logits_to_slice(previous)[0, 0] > 0).numpy()
+    click = next_click(sample.mask, prediction, rng) or clicks[-1]
+    clicks.append(click)
+    multimask = previous is None and len(clicks) == 1
+    logits, iou = predict_masks(model, embedding, _points(clicks, geometry), None, previous, multimask=multimask)
+    return loss(logits, iou, target)

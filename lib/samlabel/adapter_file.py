@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def save_adapter(path: Path, model: Sam, info: AdapterInfo) -> Path:
     state = {
         k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items() if trainable_filter(k, info.parts)
     }
-    created = info.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = info.created or datetime.now(UTC).isoformat(timespec="seconds")
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": {**asdict(info), "created": created}}
     payload["state"] = state
     path = Path(path)

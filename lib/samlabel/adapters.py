@@ -8,7 +8,7 @@ segment-anything's ViT and LiteMedSAM's TinyViT, and adapter weights are ``...ml
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from segment_anything.modeling import Sam

@@ -2,8 +2,9 @@
 
 SAM-Med2D adds to every ViT block an adapter that runs beside the MLP on the same normalised input
 (``x + mlp(norm2(x)) + adapter(norm2(x))``): a squeeze-excitation channel gate, a stride-2 conv and
-a transposed conv back, a skip connection and a LayerNorm. It is attached with :func:`samlabel.adapters.add_adapters`, and the
-checkpoint's ``blocks.N.Adapter.*`` keys are renamed to ``blocks.N.mlp.adapter.*`` on load.
+a transposed conv back, a skip connection and a LayerNorm. It is attached with
+:func:`samlabel.adapters.add_adapters`; the checkpoint's ``blocks.N.Adapter.*`` keys are renamed to
+``blocks.N.mlp.adapter.*`` on load.
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ class SamInferTask(BasicInferTask):
         data["result"] = {
             "model": self.engine.model_cfg.name,
             "model_version": self.engine.version,
+            "adapter_version": self.engine.adapter.version if self.engine.adapter else None,
             "prompt": prompt.kind,
             "label": prompt.label_name,
             "label_value": prompt.label_value,

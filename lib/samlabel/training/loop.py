@@ -67,6 +67,20 @@ def score(metrics: dict[str, float]) -> float:
     return float(np.mean([metrics["dice_1"], metrics["dice_3"], metrics["dice_5"], metrics["dice_box"]]))
 
 
+def prepare_model(engine: SamEngine, settings: TrainSettings) -> tuple[int, int]:
+    """Add adapters if they train and are missing; freeze all but ``settings.parts``. Returns (trainable, total)."""
+    if "adapters" in settings.parts and engine.adapter is None:
+        add_adapters(engine.model)
+    trainable, total = set_trainable(engine.model, settings.parts)
+    logger.info("training %s: %d of %d parameters (%.2f %%)", settings.parts, trainable, total, 100 * trainable / total)
+    return trainable, total
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
 def train_adapter(
     engine: SamEngine,
     samples: list[SliceSample],
@@ -74,18 +88,19 @@ def train_adapter(
     settings: TrainSettings,
     out_file: Path,
     version: str,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss: InteractiveLoss | None = None,
 ) -> dict:
-    """Train ``settings.parts`` of ``engine.model`` in place; write the best as an adapter file. Returns the report."""
+    """Train ``engine.model`` (prepared by :func:`prepare_model`) in place; write the best as an adapter file.
+
+    Returns the report: validation before and during training, the best metrics, the trainable share.
+    """
     model = engine.model
-    if "adapters" in settings.parts and engine.adapter is None:
-        add_adapters(model)
-    trainable, total = set_trainable(model, settings.parts)
-    logger.info("training %s: %d of %d parameters (%.2f %%)", settings.parts, trainable, total, 100 * trainable / total)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay
-    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    optimizer = optimizer or make_optimizer(model, settings)
+    loss = loss or InteractiveLoss(settings.step)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
-    loss = InteractiveLoss(settings.step)
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     img_size = engine.model_cfg.img_size
@@ -104,11 +119,15 @@ def train_adapter(
         scheduler.step()
         return {"loss": float(value)}
 
+    if not samples:
+        raise ValueError("no training samples: the labels hold no object of at least a few pixels")
+    batch_size = min(settings.batch_size, len(samples))
+
     def batches():
         while True:
             order = rng.permutation(len(samples))
-            for start in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-                yield [int(i) for i in order[start : start + settings.batch_size]]
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                yield [int(i) for i in order[start : start + batch_size]]
 
     trainer = Engine(step)
     ProgressBar(persist=True).attach(trainer, output_transform=lambda out: out)

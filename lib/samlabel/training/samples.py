@@ -7,6 +7,7 @@ and every click-simulation step reuses it. Volumes get MONAI intensity and flip 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,13 +60,14 @@ def slice_samples(
     volumes: list[tuple[str, np.ndarray, np.ndarray]],
     slice_step: int = 2,
     min_pixels: int = 30,
-    augment_seed: int | None = None,
+    augment: Callable[[dict], dict] | None = None,
 ) -> list[SliceSample]:
-    """Samples from ``(name, volume01, label)`` triples, every ``slice_step``-th slice that holds a label."""
+    """Samples from ``(name, volume01, label)`` triples, every ``slice_step``-th slice that holds a label;
+    ``augment`` (e.g. :func:`augmentation`) transforms each ``{"image", "label"}`` volume pair first."""
     samples = []
-    for n, (name, volume01, label) in enumerate(tqdm(volumes, desc="embedding slices", unit="volume")):
-        if augment_seed is not None:
-            data = augmentation(augment_seed + n)({"image": volume01[None], "label": label[None]})
+    for name, volume01, label in tqdm(volumes, desc="embedding slices", unit="volume"):
+        if augment is not None:
+            data = augment({"image": volume01[None], "label": label[None]})
             volume01 = np.clip(np.asarray(data["image"][0], dtype=np.float32), 0, 1)
             label = np.asarray(data["label"][0]).astype(label.dtype)
         ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]

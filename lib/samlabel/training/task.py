@@ -23,8 +23,9 @@ from samlabel.config import AppConfig
 from samlabel.engine import SamEngine
 from samlabel.evaluation import targets
 from samlabel.preprocess import normalize_volume
-from samlabel.training.loop import TrainSettings, ValTarget, train_adapter
-from samlabel.training.samples import slice_samples
+from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, prepare_model, train_adapter
+from samlabel.training.samples import augmentation, slice_samples
+from samlabel.training.step import InteractiveLoss
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +64,66 @@ class SamAdapterTrain(BasicTrainTask):
         self.cfg = cfg
         self.make_engine = make_engine
 
+    # BasicTrainTask's hooks, used by train() below
+    def network(self, context: Context):
+        return context.engine.model
+
+    def optimizer(self, context: Context):
+        return make_optimizer(context.network, context.settings)
+
+    def loss_function(self, context: Context):
+        return InteractiveLoss(context.settings.step)
+
+    def train_pre_transforms(self, context: Context):
+        return augmentation(int(context.request["seed"]))
+
+    def train_post_transforms(self, context: Context):
+        return []
+
+    def val_inferer(self, context: Context):
+        return None  # validation runs the serving path (simulated clicks through SamEngine), see loop.validate
+
     def train(self, rank, world_size, request, datalist):
         context = Context()
         context.request, context.datalist, context.local_rank = request, datalist, rank
         train_list, val_list = self.partition_datalist(context)
         if not train_list:
             raise ValueError("no saved final labels to train on: save labels first")
-        engine = self.make_engine()
+        context.settings = self._settings(request)
+        context.engine = self.make_engine()
+        prepare_model(context.engine, context.settings)
+        context.network = self.network(context)
         train_volumes = [load_pair(item, self.cfg) for item in train_list]
-        samples = slice_samples(engine, train_volumes, int(request["slice_step"]), augment_seed=int(request["seed"]))
+        samples = slice_samples(
+            context.engine, train_volumes, int(request["slice_step"]), augment=self.train_pre_transforms(context)
+        )
         val_volumes = [load_pair(item, self.cfg) for item in val_list] or train_volumes
         val_targets = [
             ValTarget(f"{name}/{t}", volume01, mask)
             for name, volume01, label in val_volumes
             for t, mask in targets(label, {str(v): int(v) for v in np.unique(label) if v > 0}).items()
         ]
-        settings = TrainSettings(
+        version = f"{request['name']}-{request['run_id']}"
+        out = Path(self._model_dir) / "adapters" / f"{version}.pt"
+        report = train_adapter(
+            context.engine,
+            samples,
+            val_targets,
+            context.settings,
+            out,
+            version,
+            optimizer=self.optimizer(context),
+            loss=self.loss_function(context),
+        )
+        report["validation_split"] = "held-out labels" if val_list else "training labels (too few to hold out)"
+        stats = {"name": request["name"], "run_id": request["run_id"], "finished": time.time(), **report}
+        Path(self._stats_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self._stats_path).write_text(json.dumps(stats, indent=2))
+        return stats
+
+    @staticmethod
+    def _settings(request: dict) -> TrainSettings:
+        return TrainSettings(
             steps=int(request["max_steps"]),
             batch_size=int(request["train_batch_size"]),
             lr=float(request["learning_rate"]),
@@ -86,11 +131,3 @@ class SamAdapterTrain(BasicTrainTask):
             seed=int(request["seed"]),
             parts=tuple(p.strip() for p in str(request["train_parts"]).split(",") if p.strip()),
         )
-        version = f"{request['name']}-{request['run_id']}"
-        out = Path(self._model_dir) / "adapters" / f"{version}.pt"
-        report = train_adapter(engine, samples, val_targets, settings, out, version)
-        report["validation_split"] = "held-out labels" if val_list else "training labels (too few to hold out)"
-        stats = {"name": request["name"], "run_id": request["run_id"], "finished": time.time(), **report}
-        Path(self._stats_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(self._stats_path).write_text(json.dumps(stats, indent=2))
-        return stats

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
+from scipy import ndimage
 
 from conftest import dice
+from samlabel.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 IMAGE = "ct_phantom_000"
@@ -104,6 +109,16 @@ def test_clicks_refine_per_user_and_reset(client, liver):
     assert reset_label.sum() != second_label.sum() or not np.array_equal(reset_label, second_label)
 
 
+def test_shipped_click_adapter_answers_a_single_click(client, liver):
+    """OHIF-style: one foreground click in the middle of the liver, no slice key, no box."""
+    k = liver["k"]
+    truth = liver["mask"][:, :, k]
+    i, j = np.unravel_index(np.argmax(ndimage.distance_transform_edt(truth)), truth.shape)
+    label, _, result = infer(client, "sam_2d", {"foreground": [[int(i), int(j), k]]})
+    assert result["adapter_version"] == "clicks-v1" and result["model_version"].endswith("+clicks-v1")
+    assert dice(label[:, :, k] > 0, truth) >= 0.7
+
+
 def test_second_request_on_a_slice_reuses_the_embedding(client, liver):
     k = liver["k_range"][0] + 2
     i, j = (int(v) for v in np.argwhere(liver["mask"][:, :, k])[0])
@@ -134,3 +149,19 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server, client, im
         client.infer(model, image, params)
     assert f"Status: {status}" in str(info.value.msg) and message in str(info.value.msg)
     assert requests.get(f"{server}/info/", timeout=10).ok
+
+
+def test_train_sam_adapter_from_a_saved_label(server, client, tmp_path):
+    """Save a final label, POST /train/sam_adapter, and get a versioned adapter file with its metrics."""
+    path = tmp_path / "ct_phantom_001.nii.gz"
+    nib.save(make_ct_phantom(1)[1], path)  # the ground truth of the served ct_phantom_001
+    client.save_label("ct_phantom_001", str(path), tag="final")
+
+    client.train_start("sam_adapter", {"max_steps": 2, "slice_step": 12, "val_every": 1, "val_split": 0.0})
+    deadline = time.monotonic() + 600
+    while client.train_status(check_if_running=True) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert client.train_status()["status"] == "DONE"
+    stats = requests.get(f"{server}/info/", timeout=10).json()["train_stats"]["sam_adapter"]
+    assert Path(stats["adapter"]).is_file() and Path(stats["adapter"]).with_suffix(".json").is_file()
+    assert stats["best"]["dice_box"] > 0.8 and 0 < stats["trainable_share"] < 0.5

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from segment_anything.modeling import Sam
 
-from samlabel.adapters import BottleneckAdapter, add_adapters, trainable_filter
+from samlabel.adapters import BottleneckAdapter, add_adapters, has_adapters, trainable_filter
 
 FORMAT = "samlabel-adapter"
 FORMAT_VERSION = 1
@@ -90,7 +90,7 @@ def apply_adapter(model: Sam, path: Path, base_model: str, base_sha256: str) -> 
             f"{path} was trained on {info.base_model} (weights sha256 {info.base_sha256[:12]}), "
             f"not on {base_model} ({base_sha256[:12]})"
         )
-    if "adapters" in info.parts:
+    if "adapters" in info.parts and not has_adapters(model):
         add_adapters(model, lambda dim: BottleneckAdapter(dim, info.ratio))
     own = model.state_dict()
     expected = {k for k in own if trainable_filter(k, info.parts)}

@@ -48,6 +48,11 @@ def _width(block: nn.Module) -> int:
     return block.dim  # TinyViT block
 
 
+def has_adapters(model: Sam) -> bool:
+    """Whether the encoder's blocks carry adapters (ours, or SAM-Med2D's own)."""
+    return any(hasattr(block.mlp, "adapter") for block in transformer_blocks(model))
+
+
 def add_adapters(model: Sam, make: Callable[[int], nn.Module] = BottleneckAdapter) -> Sam:
     """Attach ``make(width)`` beside the MLP of every transformer block of the image encoder, in place."""
     for block in transformer_blocks(model):

@@ -26,11 +26,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
-
-
 @pytest.fixture(scope="session")
 def ct_phantom() -> tuple[nib.Nifti1Image, np.ndarray]:
     image, label = make_ct_phantom(0)

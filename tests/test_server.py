@@ -13,7 +13,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
-from conftest import dice
+from samlabel.evaluation import dice
 from samlabel.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow

@@ -109,6 +109,18 @@ def test_clicks_refine_per_user_and_reset(client, liver):
     assert reset_label.sum() != second_label.sum() or not np.array_equal(reset_label, second_label)
 
 
+def test_session_image_gets_the_same_answer_as_the_datastore_image(client, ct_phantom, liver, tmp_path):
+    """Slicer can upload a volume as a session instead of using a datastore id."""
+    nib.save(ct_phantom[0], tmp_path / "uploaded.nii.gz")
+    session_id = client.create_session(str(tmp_path / "uploaded.nii.gz"))["session_id"]
+    i0, i1, j0, j1 = (int(v) for v in liver["box"])
+    params = {"roi": [i0, i1, j0, j1, liver["k"], liver["k"]]}
+    from_datastore = infer(client, "sam_2d", params)[0]
+    path, from_session = client.infer("sam_2d", "", params, session_id=session_id)
+    assert np.array_equal(np.asarray(nib.load(path).dataobj), from_datastore)
+    assert from_session["encoder_runs"] == 0, "same pixels, same cached embedding"
+
+
 def test_shipped_click_adapter_answers_a_single_click(client, liver):
     """OHIF-style: one foreground click in the middle of the liver, no slice key, no box."""
     k = liver["k"]

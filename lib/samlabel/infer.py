@@ -51,9 +51,6 @@ class SamInferTask(BasicInferTask):
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
 
-    def _get_network(self, device, data):
-        return self.engine.model
-
     def grow(self, volume01: np.ndarray, k0: int, start, k_range) -> dict[int, np.ndarray]:
         return {k0: start.mask}
 

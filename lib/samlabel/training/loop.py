@@ -20,7 +20,7 @@ from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 
 from samlabel.adapter_file import AdapterInfo, save_adapter
-from samlabel.adapters import add_adapters, has_adapters, set_trainable, trainable_filter
+from samlabel.adapters import BottleneckAdapter, add_adapters, has_adapters, set_trainable, trainable_filter
 from samlabel.engine import SamEngine
 from samlabel.evaluation import box_dice, click_dice, largest_slice
 from samlabel.geometry import SliceGeometry
@@ -71,7 +71,7 @@ def prepare_model(engine: SamEngine, settings: TrainSettings) -> tuple[int, int]
     """Add adapters if they train and the model has none (SAM-Med2D brings its own); freeze all but
     ``settings.parts``. Returns (trainable, total)."""
     if "adapters" in settings.parts and not has_adapters(engine.model):
-        add_adapters(engine.model)
+        add_adapters(engine.model, lambda dim: BottleneckAdapter(dim, settings.adapter_ratio))
     trainable, total = set_trainable(engine.model, settings.parts)
     logger.info("training %s: %d of %d parameters (%.2f %%)", settings.parts, trainable, total, 100 * trainable / total)
     return trainable, total

@@ -23,6 +23,7 @@ def _is_upload(image: str) -> bool:
 
 
 def checked_infer(infer: Callable[..., Any], tasks: dict, datastore, request: dict, *args) -> Any:
+    """Run MONAI Label's ``infer`` after checking model and image; prompt errors become 422."""
     model = request.get("model")
     if model not in tasks:
         raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has {sorted(tasks)}")

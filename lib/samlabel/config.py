@@ -54,6 +54,11 @@ class AppConfig:
     propagation_mask_prompt: bool
 
     @property
+    def intensity(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`samlabel.preprocess.normalize_volume` this config asks for."""
+        return {"modality": self.modality, "ct_window": self.ct_window, "mr_percentiles": self.mr_percentiles}
+
+    @property
     def label_values(self) -> dict[str, int]:
         return {name: i + 1 for i, name in enumerate(self.labels)}
 

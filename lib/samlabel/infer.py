@@ -61,7 +61,7 @@ class SamInferTask(BasicInferTask):
         if volume.ndim != 3:
             raise PromptError(f"sam tasks need a 3-D image, got shape {list(volume.shape)}")
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
-        volume01 = normalize_volume(volume, self.cfg.modality, self.cfg.ct_window, self.cfg.mr_percentiles)
+        volume01 = normalize_volume(volume, **self.cfg.intensity)
 
         start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
         masks = self.grow(volume01, prompt.slice, start, prompt.k_range)

@@ -48,7 +48,7 @@ def load_pair(item: dict[str, str], cfg: AppConfig) -> tuple[str, np.ndarray, np
     label = np.rint(np.asarray(reader(item["label"]))).astype(np.int16)
     if label.shape != volume.shape:
         raise ValueError(f"label {item['label']} has shape {label.shape}, image {volume.shape}")
-    return Path(item["image"]).name, normalize_volume(volume, cfg.modality, cfg.ct_window, cfg.mr_percentiles), label
+    return Path(item["image"]).name, normalize_volume(volume, **cfg.intensity), label
 
 
 class SamAdapterTrain(BasicTrainTask):

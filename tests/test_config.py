@@ -48,3 +48,13 @@ def test_a_url_without_sha256_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="sha256"):
         load_model_config(str(path))
+
+
+def test_trainer_defaults_merge_key_by_key():
+    cfg = load_app_config({"train": '{"max_steps": "4", "slice_step": 8}', "train_every": "2"})
+    assert cfg.train["max_steps"] == 4 and cfg.train["slice_step"] == 8 and cfg.train_every == 2
+    assert cfg.train["learning_rate"] == load_app_config({}).train["learning_rate"]
+    with pytest.raises(ConfigError, match="train"):
+        load_app_config({"train": '{"max_step": 4}'})
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_app_config({"train": '{"max_steps": "many"}'})

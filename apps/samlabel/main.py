@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.utils.async_tasks.task import AsyncTask
+from monailabel.utils.async_tasks.utils import tasks
 
+from samlabel.adapter_versions import AdapterVersions, start_record
 from samlabel.config import load_app_config, load_model_config
 from samlabel.engine import SamEngine
 from samlabel.infer import Sam2DInfer, Sam3DInfer
 from samlabel.refinement import RefinementStore
 from samlabel.server_errors import checked_infer
 from samlabel.training.task import SamAdapterTrain
+from samlabel.training.trigger import TrainTrigger
+from samlabel.versions_api import versions_router
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +27,15 @@ logger = logging.getLogger(__name__)
 class SamLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.cfg = load_app_config(conf)
-        self.model_dir = os.path.join(app_dir, "model")
-        self.engine = self.make_engine()
+        self.model_cfg = load_model_config(self.cfg.model)
+        self.model_dir = self.cfg.model_dir or os.path.join(app_dir, "model")
+        trainer_dir = Path(self.model_dir) / "sam_adapter"
+        self.versions = AdapterVersions(trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
+        self.engine = self.make_engine(self.versions.served().adapter)
         self.refinements = RefinementStore()
+        self.trigger = TrainTrigger(
+            trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.training_running
+        )
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -33,17 +46,41 @@ class SamLabelApp(MONAILabelApp):
             labels=self.cfg.label_values,
         )
 
+    def make_engine(self, adapter: str) -> SamEngine:
+        return SamEngine(self.model_cfg, self.cfg, adapter)
+
     def init_infers(self):
+        args = (self.engine, self.refinements, self.cfg, self.versions)
         return {
-            "sam_2d": Sam2DInfer(self.engine, self.refinements, self.cfg, "SAM on one slice; clicks refine"),
-            "sam_3d": Sam3DInfer(self.engine, self.refinements, self.cfg, "SAM on one slice, propagated in 3-D"),
+            "sam_2d": Sam2DInfer(*args, "SAM on one slice; clicks refine"),
+            "sam_3d": Sam3DInfer(*args, "SAM on one slice, propagated in 3-D"),
         }
 
-    def make_engine(self) -> SamEngine:
-        return SamEngine(load_model_config(self.cfg.model), self.cfg)
-
     def init_trainers(self):
-        return {"sam_adapter": SamAdapterTrain(os.path.join(self.model_dir, "sam_adapter"), self.cfg, self.make_engine)}
+        trainer_dir = os.path.join(self.model_dir, "sam_adapter")
+        return {"sam_adapter": SamAdapterTrain(trainer_dir, self.cfg, self.versions, self.make_engine)}
 
     def infer(self, request, datastore=None):
         return checked_infer(super().infer, self._infers, datastore or self.datastore(), request, datastore)
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        from monailabel.app import app as server  # the running FastAPI app: only imported in the server
+
+        server.include_router(versions_router(self.versions), prefix=settings.MONAI_LABEL_API_STR)
+        self.trigger.start()
+
+    def on_save_label(self, image_id, label_id):
+        super().on_save_label(image_id, label_id)
+        saved_at = self.datastore().get_label_info(label_id, "final").get("ts")
+        return {"training": self.trigger.label_saved(image_id, saved_at)} if saved_at else {}
+
+    def start_fine_tuning(self) -> bool:
+        task, detail = AsyncTask.run("train", request={"model": "sam_adapter", "name": "auto"})
+        if task is None:
+            logger.info("fine-tuning not started now: %s", detail)
+        return task is not None
+
+    @staticmethod
+    def training_running() -> bool:
+        return any(task["status"] in ("SUBMITTED", "RUNNING") for task in tasks("train"))

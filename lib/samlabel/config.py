@@ -42,6 +42,7 @@ class AppConfig:
     model: str
     checkpoint: str
     adapter: str
+    model_dir: str
     device: str
     modality: str
     ct_window: tuple[float, float]
@@ -52,6 +53,9 @@ class AppConfig:
     propagation_iou: float
     propagation_box_margin: int
     propagation_mask_prompt: bool
+    train_every: int
+    publish_tolerance: float
+    train: dict[str, Any]  # the sam_adapter trainer's request defaults
 
     @property
     def intensity(self) -> dict[str, Any]:
@@ -73,6 +77,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"--conf {name}: cannot parse {value!r}") from e
         if isinstance(default, tuple) and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(default, dict):  # merged into the defaults, key by key
+        if not isinstance(value, Mapping) or set(value) - set(default):
+            raise ConfigError(f"--conf {name}: give a JSON object with keys among {sorted(default)}")
+        return {k: _coerce(f"{name}.{k}", v, default[k]) for k, v in {**default, **value}.items()}
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -101,6 +109,8 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
         raise ConfigError(f"--conf modality: {cfg.modality!r} is not one of auto, ct, mr")
     if not cfg.labels:
         raise ConfigError("--conf labels: give at least one label name")
+    if cfg.train_every < 0 or cfg.publish_tolerance < 0:
+        raise ConfigError("--conf train_every and publish_tolerance must be >= 0")
     return cfg
 
 

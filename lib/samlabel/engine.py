@@ -99,38 +99,62 @@ def pick_device(name: str) -> torch.device:
 
 
 class SamEngine:
-    """A SAM model ready to segment slices of normalised volumes, shared by all infer tasks."""
+    """A SAM model ready to segment slices of normalised volumes, shared by all infer tasks.
 
-    def __init__(self, model_cfg: ModelConfig, app_cfg: AppConfig):
+    The adapter can be swapped while serving (:meth:`serve_adapter`). Embeddings are cached under the
+    encoder's identity (base weights, plus the adapter if it changes the encoder), so a new version
+    that only retrains the decoder side reuses them and one with new encoder adapters never does.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, app_cfg: AppConfig, adapter: str | None = None):
         self.model_cfg = model_cfg
         self.device = pick_device(app_cfg.device)
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
-        self.model = build_model(model_cfg.architecture, model_cfg.img_size)
-        load_checkpoint(self.model, self.weights_path, model_cfg.weights.allow_pickle)
         self.base_sha256 = sha256_file(self.weights_path)
-        self.adapter = self._load_adapter(app_cfg.adapter)
-        self.model.to(self.device).eval()
-        self.version = f"{model_cfg.name}@{self.base_sha256[:12]}" + (
-            f"+{self.adapter.version}" if self.adapter else ""
-        )
         self.cache = EmbeddingCache(app_cfg.cache_mb * 2**20)
         self.encoder_runs = 0
         self._lock = threading.Lock()
+        self._swap_lock = threading.Lock()
+        self.serve_adapter(adapter or app_cfg.adapter)
+
+    def use_adapter(self, choice: str) -> None:
+        """Serve ``choice`` unless it is served already: cheap, so it is called before every request.
+        An adapter that cannot be loaded is logged and the current one stays."""
+        with self._swap_lock:
+            if choice == self.adapter_choice:
+                return
+            try:
+                self.serve_adapter(choice)
+            except AdapterError as e:
+                logger.error("keeping %s: %s", self.version, e)
+
+    def serve_adapter(self, choice: str) -> None:
+        """Serve the base weights with ``choice``: ``default`` (the model config's shipped adapter, if it
+        fits these weights), ``none``, or an adapter file's path. The current model answers until the
+        new one is ready."""
+        model = build_model(self.model_cfg.architecture, self.model_cfg.img_size)
+        load_checkpoint(model, self.weights_path, self.model_cfg.weights.allow_pickle)
+        adapter = self._load_adapter(model, choice)
+        model.to(self.device).eval()
+        base = f"{self.model_cfg.name}@{self.base_sha256[:12]}"
+        with self._lock:
+            self.model, self.adapter, self.adapter_choice = model, adapter, choice
+            self.version = base + (f"+{adapter.version}" if adapter else "")
+            self.encoder_version = base + (f"+{adapter.version}" if adapter and "adapters" in adapter.parts else "")
         logger.info("SAM engine %s on %s from %s", self.version, self.device, self.weights_path)
 
-    def _load_adapter(self, choice: str) -> AdapterInfo | None:
-        """``default``: the model config's shipped adapter, if it fits these weights; ``none``; or a path."""
+    def _load_adapter(self, model: Sam, choice: str) -> AdapterInfo | None:
         if choice == "none":
             return None
         if choice == "default":
             if not self.model_cfg.adapter:
                 return None
             try:
-                return apply_adapter(self.model, self.model_cfg.adapter, self.model_cfg.name, self.base_sha256)
+                return apply_adapter(model, self.model_cfg.adapter, self.model_cfg.name, self.base_sha256)
             except AdapterError as e:
                 logger.warning("not using the default adapter: %s", e)
                 return None
-        return apply_adapter(self.model, Path(choice), self.model_cfg.name, self.base_sha256)
+        return apply_adapter(model, Path(choice), self.model_cfg.name, self.base_sha256)
 
     def geometry(self, volume_shape: tuple[int, ...]) -> SliceGeometry:
         return slice_geometry(volume_shape, self.model_cfg.img_size)
@@ -143,7 +167,7 @@ class SamEngine:
     def embed(self, volume01: np.ndarray, k: int) -> torch.Tensor:
         """Image embedding of slice ``k`` of a [0, 1] volume, from the cache when it was seen before."""
         x = self.model_input(volume01, k)
-        key = f"{self.version}:{hashlib.sha1(x.numpy().tobytes()).hexdigest()}"
+        key = f"{self.encoder_version}:{hashlib.sha1(x.numpy().tobytes()).hexdigest()}"
         cached = self.cache.get(key)
         if cached is not None:
             return cached

@@ -17,6 +17,7 @@ from monai.transforms import LoadImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from samlabel.adapter_versions import AdapterVersions
 from samlabel.config import AppConfig
 from samlabel.engine import SamEngine
 from samlabel.geometry import put_slice
@@ -31,7 +32,9 @@ class SamInferTask(BasicInferTask):
 
     dimension_of_task = 2
 
-    def __init__(self, engine: SamEngine, store: RefinementStore, cfg: AppConfig, description: str):
+    def __init__(
+        self, engine: SamEngine, store: RefinementStore, cfg: AppConfig, versions: AdapterVersions, description: str
+    ):
         super().__init__(
             path=str(engine.weights_path),
             network=None,
@@ -44,6 +47,10 @@ class SamInferTask(BasicInferTask):
         self.engine = engine
         self.store = store
         self.cfg = cfg
+        self.versions = versions
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "model_version": self.engine.version}
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         return [LoadImaged(keys="image", image_only=True)]
@@ -55,6 +62,7 @@ class SamInferTask(BasicInferTask):
         return {k0: start.mask}
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu") -> dict[str, Any]:
+        self.engine.use_adapter(self.versions.served().adapter)  # a newly published or rolled-back version
         began, runs_before = time.perf_counter(), self.engine.encoder_runs
         image = data["image"]
         volume = np.asarray(image.array if isinstance(image, MetaTensor) else image)

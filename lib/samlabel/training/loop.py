@@ -1,8 +1,9 @@
 """The ``sam_adapter`` training loop: pytorch-ignite engines over click-simulation steps.
 
 Validation runs the serving code path (simulated user -> viewer-shaped prompt -> engine with
-refinement) on held-out volumes: Dice after 1, 3 and 5 clicks and with a box. The best state by the
-mean of those four is kept and written as an adapter file, with the metrics, beside a metrics JSON.
+refinement) on held-out volumes: Dice after 1, 3 and 5 clicks and with a box. Step 0 measures the
+starting model; of the trained states, the best by the mean of those four is written as an adapter
+file with its metrics, beside a metrics JSON.
 """
 
 from __future__ import annotations
@@ -91,10 +92,14 @@ def train_adapter(
     version: str,
     optimizer: torch.optim.Optimizer | None = None,
     loss: InteractiveLoss | None = None,
+    sample_weights: np.ndarray | None = None,
 ) -> dict:
     """Train ``engine.model`` (prepared by :func:`prepare_model`) in place; write the best as an adapter file.
 
-    Returns the report: validation before and during training, the best metrics, the trainable share.
+    ``sample_weights`` make some samples (e.g. from newly saved labels) come up more often; without
+    them each pass visits every sample once. The file keeps the parts the engine's adapter already
+    had, so a decoder-only run on top of encoder adapters keeps them. Returns the report: validation
+    before and during training, the best metrics, the trainable share.
     """
     model = engine.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -123,9 +128,13 @@ def train_adapter(
     if not samples:
         raise ValueError("no training samples: the labels hold no object of at least a few pixels")
     batch_size = min(settings.batch_size, len(samples))
+    p = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64) / np.sum(sample_weights)
 
     def batches():
         while True:
+            if p is not None:
+                yield [int(i) for i in rng.choice(len(samples), size=batch_size, replace=False, p=p)]
+                continue
             order = rng.permutation(len(samples))
             for start in range(0, len(order) - batch_size + 1, batch_size):
                 yield [int(i) for i in order[start : start + batch_size]]
@@ -143,7 +152,7 @@ def train_adapter(
         metrics["step"] = current.state.iteration
         history.append(metrics)
         logger.info("validation at step %d: %s", current.state.iteration, metrics)
-        if score(metrics) > best["score"]:
+        if current.state.iteration > 0 and score(metrics) > best["score"]:
             best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
 
     trainer.add_event_handler(Events.STARTED, run_validation)
@@ -155,12 +164,13 @@ def train_adapter(
 
     model.load_state_dict(best["state"], strict=False)
     model.eval()
+    kept = engine.adapter.parts if engine.adapter else ()
     info = AdapterInfo(
         version=version,
         base_model=engine.model_cfg.name,
         base_sha256=engine.base_sha256,
-        ratio=settings.adapter_ratio,
-        parts=settings.parts,
+        ratio=engine.adapter.ratio if engine.adapter and "adapters" in kept else settings.adapter_ratio,
+        parts=tuple(dict.fromkeys(settings.parts + tuple(kept))),
         metrics=best["metrics"],
         notes={"samples": len(samples), "validation_targets": len(val_targets), "settings": _jsonable(settings)},
     )

@@ -4,21 +4,26 @@ BasicTrainTask gives the request handling (``POST /train/sam_adapter`` runs it i
 datastore's final labels as the datalist, the train/validation split and the stats file behind
 ``/train`` status; its ``train`` is replaced by :func:`samlabel.training.loop.train_adapter`, an
 ignite engine over SAM prompts rather than a dense-segmentation SupervisedTrainer.
+
+Each run is incremental: it starts from the served adapter version, trains on every saved label with
+those saved since that version drawn more often (the older ones are replayed so nothing is forgotten),
+records a new version, and publishes it only if the gate finds it no worse on held-out labels.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from monai.transforms import LoadImage
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
+from samlabel.adapter_versions import AdapterVersions, VersionRecord, now, publish_decision
 from samlabel.config import AppConfig
 from samlabel.engine import SamEngine
 from samlabel.evaluation import targets
@@ -29,40 +34,37 @@ from samlabel.training.step import InteractiveLoss
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "max_steps": 300,
-    "train_batch_size": 8,
-    "learning_rate": 1e-4,
-    "val_every": 100,
-    "val_split": 0.2,
-    "slice_step": 2,
-    "train_parts": "mask_decoder,point_embeddings",  # add ",adapters" to train encoder adapters (GPU)
-    "seed": 0,
-}
+
+def image_id(path: str) -> str:
+    """The datastore id of an image or label file: its name without the image extension."""
+    return re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$", "", Path(path).name)
 
 
 def load_pair(item: dict[str, str], cfg: AppConfig) -> tuple[str, np.ndarray, np.ndarray]:
-    """A datalist item -> (name, [0, 1] volume, integer label volume), read like the infer tasks read."""
+    """A datalist item -> (image id, [0, 1] volume, integer label volume), read like the infer tasks read."""
     reader = LoadImage(image_only=True)
     volume = np.asarray(reader(item["image"]))
     label = np.rint(np.asarray(reader(item["label"]))).astype(np.int16)
     if label.shape != volume.shape:
         raise ValueError(f"label {item['label']} has shape {label.shape}, image {volume.shape}")
-    return Path(item["image"]).name, normalize_volume(volume, **cfg.intensity), label
+    return image_id(item["image"]), normalize_volume(volume, **cfg.intensity), label
 
 
 class SamAdapterTrain(BasicTrainTask):
     """Fine-tune the served SAM's decoder side (and optionally encoder adapters) on the datastore's labels."""
 
-    def __init__(self, model_dir: str, cfg: AppConfig, make_engine: Callable[[], SamEngine]):
+    def __init__(
+        self, model_dir: str, cfg: AppConfig, versions: AdapterVersions, make_engine: Callable[[str], SamEngine]
+    ):
         super().__init__(
             model_dir,
             description="Click-simulation fine-tuning of SAM adapters and decoder on saved labels",
-            config=dict(DEFAULTS),
+            config=dict(cfg.train),
             amp=False,
         )
         self.cfg = cfg
-        self.make_engine = make_engine
+        self.versions = versions
+        self.make_engine = make_engine  # adapter choice -> engine
 
     # BasicTrainTask's hooks, used by train() below
     def network(self, context: Context):
@@ -89,37 +91,80 @@ class SamAdapterTrain(BasicTrainTask):
         train_list, val_list = self.partition_datalist(context)
         if not train_list:
             raise ValueError("no saved final labels to train on: save labels first")
+        served = self.versions.served()
+        labels = {image_id(item["image"]): Path(item["label"]).stat().st_mtime for item in train_list + val_list}
+        new_labels = sorted(i for i, t in labels.items() if served.labels.get(i) != t)
+        logger.info("run from %s on %d labels, %d new: %s", served.version, len(labels), len(new_labels), new_labels)
+
         context.settings = self._settings(request)
-        context.engine = self.make_engine()
+        context.engine = self.make_engine(served.adapter)
         prepare_model(context.engine, context.settings)
         context.network = self.network(context)
         train_volumes = [load_pair(item, self.cfg) for item in train_list]
         samples = slice_samples(
             context.engine, train_volumes, int(request["slice_step"]), augment=self.train_pre_transforms(context)
         )
+        new_weight = float(request["new_label_weight"])
+        weights = np.array([new_weight if s.volume in new_labels else 1.0 for s in samples])
         val_volumes = [load_pair(item, self.cfg) for item in val_list] or train_volumes
         val_targets = [
             ValTarget(f"{name}/{t}", volume01, mask)
             for name, volume01, label in val_volumes
             for t, mask in targets(label, {str(v): int(v) for v in np.unique(label) if v > 0}).items()
         ]
-        version = f"{request['name']}-{request['run_id']}"
-        out = Path(self._model_dir) / "adapters" / f"{version}.pt"
+        version = self.versions.next_version()
         report = train_adapter(
             context.engine,
             samples,
             val_targets,
             context.settings,
-            out,
+            self.versions.adapter_path(version),
             version,
             optimizer=self.optimizer(context),
             loss=self.loss_function(context),
+            sample_weights=weights,
         )
-        report["validation_split"] = "held-out labels" if val_list else "training labels (too few to hold out)"
-        stats = {"name": request["name"], "run_id": request["run_id"], "finished": time.time(), **report}
+        record = self._publish(version, served, report, labels, new_labels, [n for n, _, _ in val_volumes], request)
+        stats = {
+            "name": request["name"],
+            "run_id": request["run_id"],
+            "finished": time.time(),
+            "gate": record.gate,
+            "reason": record.reason,
+            "served": self.versions.served().version,
+            "validation_split": "held-out labels" if val_list else "training labels (too few to hold out)",
+            **report,
+        }
         Path(self._stats_path).parent.mkdir(parents=True, exist_ok=True)
         Path(self._stats_path).write_text(json.dumps(stats, indent=2))
         return stats
+
+    def _publish(self, version, served, report, labels, new_labels, validation, request) -> VersionRecord:
+        """Record the run's version; serve it if the gate passes and nobody changed the served one meanwhile."""
+        publish, reason = publish_decision(report["best"], report["before"], self.cfg.publish_tolerance)
+        record = VersionRecord(
+            version=version,
+            adapter=report["adapter"],
+            gate="accepted" if publish else "rejected",
+            created=now(),
+            parent=served.version,
+            reason=reason,
+            metrics=report["best"],
+            parent_metrics=report["before"],
+            labels=labels,
+            new_labels=new_labels,
+            validation=validation,
+            run_id=str(request["run_id"]),
+            seconds=report["seconds"],
+        )
+        self.versions.add(record)
+        if not publish:
+            logger.warning("adapter version %s rejected, %s still served: %s", version, served.version, reason)
+        elif self.versions.served().version != served.version:
+            logger.warning("adapter version %s not served: the served version changed during the run", version)
+        else:
+            self.versions.serve(version, f"published by run {request['run_id']}: {reason}")
+        return record
 
     @staticmethod
     def _settings(request: dict) -> TrainSettings:

@@ -1,0 +1,106 @@
+"""Saved labels start fine-tuning: every ``train_every`` saved final labels ask for one background run.
+
+MONAI Label runs training in its own process, one run at a time. A request made while a run is going
+is remembered as one flag (however many labels are saved meanwhile) and starts exactly one more run
+when the current one ends; a single scheduler thread starts runs, so two never overlap. The count and
+the flag live in a JSON file, so a restarted server keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from samlabel.adapter_versions import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class TrainTrigger:
+    """Counts saved final labels and starts background runs through ``start_run``.
+
+    ``start_run()`` starts a run and returns True, or False when it cannot start now (another run is
+    going); ``running()`` says whether any run is going, including one a user started by hand.
+    """
+
+    def __init__(
+        self,
+        state_file: Path,
+        every: int,
+        start_run: Callable[[], bool],
+        running: Callable[[], bool],
+        poll_seconds: float = 1.0,
+    ):
+        self.state_file = Path(state_file)
+        self.every = every
+        self.start_run = start_run
+        self.running = running
+        self.poll_seconds = poll_seconds
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state: dict[str, Any] = {"counted": {}, "since_last_run": 0, "pending": False, "runs_started": 0}
+        if self.state_file.is_file():
+            self._state.update(json.loads(self.state_file.read_text()))
+
+    def label_saved(self, image_id: str, saved_at: float) -> dict[str, Any]:
+        """Count a final label, once per (image, save time); returns the counts for the save's answer."""
+        with self._lock:
+            state = self._state
+            if self.every > 0 and state["counted"].get(image_id) != saved_at:
+                state["counted"][image_id] = saved_at
+                state["since_last_run"] += 1
+                if state["since_last_run"] >= self.every:
+                    state["since_last_run"] = 0
+                    state["pending"] = True
+                    logger.info("%d labels saved: a fine-tuning run is requested", self.every)
+                write_json_atomic(self.state_file, state)
+            answer = self.status()
+        self._wake.set()
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        state = self._state
+        return {
+            "train_every": self.every,
+            "saved_since_last_run": state["since_last_run"],
+            "run_requested": state["pending"],
+            "runs_started": state["runs_started"],
+        }
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="samlabel-train-trigger", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            try:
+                self._start_if_due()
+            except Exception:  # the scheduler must outlive a failed start; the flag stays set
+                logger.exception("could not start a fine-tuning run; will try again")
+
+    def _start_if_due(self) -> None:
+        with self._lock:
+            if not self._state["pending"] or self.running():
+                return
+            self._state["pending"] = False  # a label saved from now on asks for the next run
+            started = False
+            try:
+                started = self.start_run()
+            finally:
+                if started:
+                    self._state["runs_started"] += 1
+                else:
+                    self._state["pending"] = True
+                write_json_atomic(self.state_file, self._state)

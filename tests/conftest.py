@@ -76,7 +76,27 @@ def stop_server(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def server(studies, tmp_path_factory):
     """URL of a running samlabel server (LiteMedSAM, offline) over the ``studies`` folder."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    proc, url = start_server(studies, log, "labels", SERVER_LABELS)
+    folder = tmp_path_factory.mktemp("server")
+    proc, url = start_server(
+        studies, folder / "server.log", "labels", SERVER_LABELS, "model_dir", str(folder / "model")
+    )
     yield url
     stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def wait_for_training():
+    """``wait(client, timeout=600)``: poll MONAI Label's train status until no run is submitted or
+    running; returns the last task."""
+
+    def wait(client, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        time.sleep(1)
+        while time.monotonic() < deadline:
+            status = client.train_status()
+            if status.get("status") not in ("SUBMITTED", "RUNNING"):
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"training still running after {timeout} s: {status}")
+
+    return wait

@@ -54,6 +54,10 @@ def test_trainer_defaults_merge_key_by_key():
     cfg = load_app_config({"train": '{"max_steps": "4", "slice_step": 8}', "train_every": "2"})
     assert cfg.train["max_steps"] == 4 and cfg.train["slice_step"] == 8 and cfg.train_every == 2
     assert cfg.train["learning_rate"] == load_app_config({}).train["learning_rate"]
+    dotted = load_app_config({"train.max_steps": "5", "train.seed": "2"}).train
+    assert dotted == {**load_app_config({}).train, "max_steps": 5, "seed": 2}
+    with pytest.raises(ConfigError, match="train"):
+        load_app_config({"train.max_step": "4"})
     with pytest.raises(ConfigError, match="train"):
         load_app_config({"train": '{"max_step": 4}'})
     with pytest.raises(ConfigError, match="train.max_steps"):

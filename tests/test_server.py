@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -163,17 +162,14 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server, client, im
     assert requests.get(f"{server}/info/", timeout=10).ok
 
 
-def test_train_sam_adapter_from_a_saved_label(server, client, tmp_path):
+def test_train_sam_adapter_from_a_saved_label(server, client, tmp_path, wait_for_training):
     """Save a final label, POST /train/sam_adapter, and get a versioned adapter file with its metrics."""
     path = tmp_path / "ct_phantom_001.nii.gz"
     nib.save(make_ct_phantom(1)[1], path)  # the ground truth of the served ct_phantom_001
     client.save_label("ct_phantom_001", str(path), tag="final")
 
     client.train_start("sam_adapter", {"max_steps": 2, "slice_step": 12, "val_every": 1, "val_split": 0.0})
-    deadline = time.monotonic() + 600
-    while client.train_status()["status"] not in ("DONE", "ERROR") and time.monotonic() < deadline:
-        time.sleep(2)
-    assert client.train_status()["status"] == "DONE", client.train_status()
+    assert wait_for_training(client)["status"] == "DONE", client.train_status()
     stats = requests.get(f"{server}/info/", timeout=10).json()["train_stats"]["sam_adapter"]
     assert Path(stats["adapter"]).is_file() and Path(stats["adapter"]).with_suffix(".json").is_file()
     assert stats["best"]["dice_box"] > 0.8 and 0 < stats["trainable_share"] < 0.5

@@ -168,7 +168,7 @@ class AdapterVersions:
             if not current.parent:
                 raise VersionError(f"{current.version} is the starting version: there is nothing to roll back to")
             version = current.parent
-        return self.serve(version, f"rollback from {current.version}")
+        return self.serve(version, f"rollback: {current.version} -> {version}")
 
     def _served_state(self) -> dict[str, Any]:
         try:

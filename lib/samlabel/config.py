@@ -104,6 +104,10 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
         raise ConfigError(f"{defaults_file}: keys must be exactly {sorted(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()}
     values.update({k: _coerce(k, v, values[k]) for k, v in conf.items() if k in fields})
+    for key, value in conf.items():  # "--conf train.max_steps 4" sets one key of a section
+        section, _, item = key.partition(".")
+        if item and isinstance(values.get(section), dict):
+            values[section] = _coerce(section, {item: value}, values[section])
     cfg = AppConfig(**values)
     if cfg.modality not in ("auto", "ct", "mr"):
         raise ConfigError(f"--conf modality: {cfg.modality!r} is not one of auto, ct, mr")

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import requests
 
+from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_LABELS = "liver,spleen,kidney"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -38,39 +28,6 @@ def studies(tmp_path_factory, ct_phantom) -> Path:
     nib.save(ct_phantom[0], folder / "ct_phantom_000.nii.gz")
     nib.save(make_ct_phantom(1)[0], folder / "ct_phantom_001.nii.gz")
     return folder
-
-
-def start_server(studies: Path, log: Path, *conf: str) -> tuple[subprocess.Popen, str]:
-    """Start the app with the real ``monailabel`` CLI from this venv; wait until ``/info/`` answers."""
-    port = free_port()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-    args = ["monailabel", "start_server", "--app", str(ROOT / "apps" / "samlabel"), "--studies", str(studies)]
-    args += ["--host", "127.0.0.1", "--port", str(port)]
-    for i in range(0, len(conf), 2):
-        args += ["--conf", conf[i], conf[i + 1]]
-    proc = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/info/", timeout=5).ok:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError(f"server did not start in time:\n{log.read_text()[-4000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,28 @@ def test_click_training_loss_falls_on_tiny_data():
     with torch.no_grad():
         after = mean_loss(0)
     assert after < 0.8 * before, (before, after)
+
+
+def test_swapping_adapters_reuses_embeddings_only_when_the_encoder_is_unchanged(base_path, tmp_path):
+    """A decoder-only version keeps the cached embeddings; one with encoder adapters recomputes them."""
+    decoder = litemedsam(base_path)
+    with torch.no_grad():
+        for p in decoder.mask_decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    decoder_file = save_adapter(tmp_path / "d.pt", decoder, _info(base_path, ("mask_decoder", "point_embeddings")))
+    encoder = add_adapters(litemedsam(base_path))
+    with torch.no_grad():
+        transformer_blocks(encoder)[0].mlp.adapter.up.bias.fill_(0.1)
+    encoder_file = save_adapter(tmp_path / "e.pt", encoder, dataclasses.replace(_info(base_path), version="enc"))
+
+    engine = SamEngine(BASE, load_app_config({"adapter": "none"}))
+    volume = normalize_volume(np.asarray(make_ct_phantom(0)[0].dataobj))
+    first = engine.embed(volume, 20)
+    engine.use_adapter(str(decoder_file))
+    assert engine.adapter.version == "test-1" and engine.encoder_runs == 1
+    assert engine.embed(volume, 20) is first and engine.encoder_runs == 1, "decoder-only: embedding reused"
+    engine.use_adapter(str(encoder_file))
+    changed = engine.embed(volume, 20)
+    assert engine.encoder_runs == 2 and not torch.allclose(changed, first), "encoder adapters: recomputed"
+    engine.use_adapter(str(tmp_path / "missing.pt"))
+    assert engine.adapter.version == "enc", "an unloadable adapter leaves the served one in place"

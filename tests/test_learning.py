@@ -16,7 +16,8 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from conftest import ROOT, start_server, stop_server
+from conftest import ROOT
+from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow

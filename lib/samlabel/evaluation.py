@@ -7,6 +7,8 @@ grow with :func:`samlabel.propagation.propagate`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -50,9 +52,12 @@ def roi_of(truth: np.ndarray, k: int | None = None) -> list[int]:
     return [int(i.min()), int(i.max()), int(j.min()), int(j.max()), k0, k1]
 
 
-def click_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, k: int, n_clicks: int) -> list[float]:
-    """Dice on slice ``k`` after each of ``n_clicks`` simulated clicks (previous mask fed back)."""
-    store, truth_hw = RefinementStore(), volume_slice(truth, k).astype(bool)
+def simulated_clicks_dice(
+    segment: Callable[[dict[str, list[list[int]]]], np.ndarray], truth_hw: np.ndarray, k: int, n_clicks: int
+) -> list[float]:
+    """Dice on slice ``k`` after each of ``n_clicks`` simulated clicks. ``segment`` takes the viewer's
+    clicks so far (``{"foreground": [[i, j, k], ...], "background": [...]}``) and returns the slice's
+    mask ``(H, W)``; the engine (:func:`click_dice`) or a server behind it refines the previous mask."""
     clicks: dict[str, list[list[int]]] = {"foreground": [], "background": []}
     scores, prediction = [], None
     for _ in range(n_clicks):
@@ -62,11 +67,20 @@ def click_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, k: in
             continue
         row, col, label = click
         clicks["foreground" if label else "background"].append([col, row, k])
-        prompt = parse_prompt(clicks, volume01.shape, TARGET)
-        result, _ = segment_prompt(engine, store, volume01, prompt, "evaluation")
-        prediction = result.mask
+        prediction = segment(clicks)
         scores.append(dice(prediction, truth_hw))
     return scores
+
+
+def click_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, k: int, n_clicks: int) -> list[float]:
+    """Dice on slice ``k`` after each of ``n_clicks`` simulated clicks (previous mask fed back)."""
+    store = RefinementStore()
+
+    def segment(clicks: dict[str, list[list[int]]]) -> np.ndarray:
+        result, _ = segment_prompt(engine, store, volume01, parse_prompt(clicks, volume01.shape, TARGET), "evaluation")
+        return result.mask
+
+    return simulated_clicks_dice(segment, volume_slice(truth, k).astype(bool), k, n_clicks)
 
 
 def box_dice(engine: SamEngine, volume01: np.ndarray, truth: np.ndarray, k: int) -> float:

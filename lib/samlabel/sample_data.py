@@ -20,11 +20,13 @@ from scipy import ndimage
 CT_LABELS: dict[str, int] = {"liver": 1, "spleen": 2, "kidney": 3}
 MR_LABELS: dict[str, int] = {"bright_lesion": 1, "dark_lesion": 2}
 MNI_LABELS: dict[str, int] = {"white_matter": 1, "grey_matter": 2}
+CARDIAC_LABELS: dict[str, int] = {"lv_blood": 1, "myocardium": 2, "rv_blood": 3}
 #: Label name -> value for each study kind (``ct``, ``mr``, ``mni``).
-LABELS: dict[str, dict[str, int]] = {"ct": CT_LABELS, "mr": MR_LABELS, "mni": MNI_LABELS}
+LABELS: dict[str, dict[str, int]] = {"ct": CT_LABELS, "mr": MR_LABELS, "mni": MNI_LABELS, "cardiac": CARDIAC_LABELS}
 
 CT_SHAPE, CT_SPACING = (160, 128, 48), (0.9, 1.1, 2.5)
 MR_SHAPE, MR_SPACING = (144, 176, 40), (1.2, 1.0, 3.0)
+CARDIAC_SHAPE, CARDIAC_SPACING = (160, 144, 12), (1.6, 1.6, 8.0)
 MNI_FILE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
 Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -192,6 +194,44 @@ def make_mr_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
         _rotation(rng.uniform(-5, 5), rng.uniform(-8, 8)),
         (rng.uniform(-5, 5), rng.uniform(-20, 20), rng.uniform(0, 30)),
     )
+    return _nifti(image, aff), _nifti(label, aff)
+
+
+def make_cardiac_phantom(seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Cine-MR-like short-axis heart stack (int16): bright LV (1) and RV (3) blood, the dark ring of
+    myocardium (2) between them. A domain the click starter never saw: a ring, and thin 8 mm slices
+    tapering to the apex."""
+    rng = np.random.default_rng(seed)
+    xyz = _coords(CARDIAC_SHAPE, CARDIAC_SPACING, rng.uniform(-30, 30))
+    x, y, z = xyz
+    wobble = 0.08 * _smooth_field(rng, xyz, (40.0, 80.0))
+    depth = (z - z.min()) / (z.max() - z.min())  # 0 at the base, 1 at the apex
+    cx, cy = rng.uniform(-12, 12, 2)
+    taper = 1.0 - 0.6 * depth**2
+    r_lv = rng.uniform(20, 28) * taper
+    wall = rng.uniform(7, 11) * (1.0 - 0.3 * depth)
+    r = np.hypot((x - cx) / rng.uniform(0.9, 1.1), y - cy) * (1 + wobble)
+    lv = r < r_lv
+    myo = (r >= r_lv) & (r < r_lv + wall)
+    rv_f = _ellipsoid(xyz, (cx - 1.5 * (30 + 9), cy + 5, 0), (30, 22, 80), rng)
+    rv = (rv_f < 1 + wobble) & (r >= r_lv + wall + 2) & (depth < rng.uniform(0.75, 0.9))
+    body = ((x / 120) ** 2 + (y / 90) ** 2) < 1
+    lungs = (_ellipsoid(xyz, (75, -10, 0), (35, 55, 200), rng) < 1) | (_ellipsoid(xyz, (-80, -5, 0), (30, 50, 200)) < 1)
+
+    signal = np.zeros(CARDIAC_SHAPE)
+    signal[np.broadcast_to(body, CARDIAC_SHAPE)] = 300.0  # chest wall and mediastinum
+    signal[np.broadcast_to(body & ~((x / 112) ** 2 + (y / 82) ** 2 < 1), CARDIAC_SHAPE)] = 700.0  # fat
+    signal[lungs & np.broadcast_to(body, CARDIAC_SHAPE)] = 40.0
+    label = np.zeros(CARDIAC_SHAPE, np.uint8)
+    blood = rng.uniform(700, 900)
+    for value, mask, level in ((3, rv, blood), (2, myo, rng.uniform(150, 220)), (1, lv, blood)):
+        signal[mask], label[mask] = level, value
+    signal = ndimage.gaussian_filter(signal, (0.8, 0.8, 0.3))
+    signal *= 1.0 + 0.15 * _smooth_field(rng, xyz, (150.0, 300.0), 3)  # surface-coil bias
+    sigma = rng.uniform(15, 30)
+    noisy = np.hypot(signal + rng.normal(0, sigma, CARDIAC_SHAPE), rng.normal(0, sigma, CARDIAC_SHAPE))
+    image = np.clip(np.rint(noisy), 0, 4095).astype(np.int16)
+    aff = _affine(CARDIAC_SHAPE, CARDIAC_SPACING, (1, -1, 1), _rotation(rng.uniform(-40, 40), 50.0), (0, 0, 0))
     return _nifti(image, aff), _nifti(label, aff)
 
 

@@ -22,7 +22,7 @@ SEEDS = range(4)
 
 @cache
 def phantom(kind: str, seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    return {"ct": sd.make_ct_phantom, "mr": sd.make_mr_phantom}[kind](seed)
+    return {"ct": sd.make_ct_phantom, "mr": sd.make_mr_phantom, "cardiac": sd.make_cardiac_phantom}[kind](seed)
 
 
 @cache
@@ -34,9 +34,9 @@ def arr(img: nib.Nifti1Image) -> np.ndarray:
     return np.asanyarray(img.dataobj)
 
 
-@pytest.mark.parametrize("kind", ["ct", "mr"])
+@pytest.mark.parametrize("kind", ["ct", "mr", "cardiac"])
 def test_same_seed_same_arrays_other_seed_differs(kind: str) -> None:
-    maker = {"ct": sd.make_ct_phantom, "mr": sd.make_mr_phantom}[kind]
+    maker = {"ct": sd.make_ct_phantom, "mr": sd.make_mr_phantom, "cardiac": sd.make_cardiac_phantom}[kind]
     (a, la), (b, lb) = maker(7), maker(7)
     assert np.array_equal(arr(a), arr(b)) and np.array_equal(arr(la), arr(lb))
     np.testing.assert_array_equal(a.affine, b.affine)
@@ -76,6 +76,16 @@ def test_each_target_present_and_sized_for_sam(kind: str, seed: int) -> None:
         assert min(extent) >= 15, f"{name} is {extent} voxels across on its middle slice"
         pieces = ndimage.label(mask)[1]
         assert pieces == (2 if name == "kidney" else 1), f"{name} has {pieces} pieces"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cardiac_myocardium_is_a_ring_around_the_lv(seed: int) -> None:
+    lab = arr(phantom("cardiac", seed)[1])
+    assert lab.shape == sd.CARDIAC_SHAPE and set(np.unique(lab)) == {0, 1, 2, 3}
+    k = int(np.argmax((lab == 2).sum(axis=(0, 1))))
+    ring, lv = lab[:, :, k] == 2, lab[:, :, k] == 1
+    assert ndimage.label(ring)[1] == 1 and ring.sum() > 500
+    assert np.array_equal(ndimage.binary_fill_holes(ring) & ~ring, lv), "the ring encloses exactly the LV"
 
 
 def test_ct_is_in_hounsfield_units() -> None:

@@ -29,12 +29,12 @@ class SamLabelApp(MONAILabelApp):
         self.cfg = load_app_config(conf)
         self.model_cfg = load_model_config(self.cfg.model)
         self.model_dir = self.cfg.model_dir or os.path.join(app_dir, "model")
-        trainer_dir = Path(self.model_dir) / "sam_adapter"
-        self.versions = AdapterVersions(trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
+        self.trainer_dir = Path(self.model_dir) / "sam_adapter"
+        self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
         self.engine = self.make_engine(self.versions.served().adapter)
         self.refinements = RefinementStore()
         self.trigger = TrainTrigger(
-            trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.training_running
+            self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.training_running
         )
         super().__init__(
             app_dir=app_dir,
@@ -57,8 +57,7 @@ class SamLabelApp(MONAILabelApp):
         }
 
     def init_trainers(self):
-        trainer_dir = os.path.join(self.model_dir, "sam_adapter")
-        return {"sam_adapter": SamAdapterTrain(trainer_dir, self.cfg, self.versions, self.make_engine)}
+        return {"sam_adapter": SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, self.make_engine)}
 
     def infer(self, request, datastore=None):
         return checked_infer(super().infer, self._infers, datastore or self.datastore(), request, datastore)

@@ -7,8 +7,6 @@ file is written to a temp file, fsynced and renamed, so a reader never sees half
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from samlabel.adapters import BottleneckAdapter, add_adapters, has_adapters, trainable_filter
+from samlabel.atomic_write import atomic_write
 
 FORMAT = "samlabel-adapter"
 FORMAT_VERSION = 1
@@ -49,20 +48,7 @@ def save_adapter(path: Path, model: Sam, info: AdapterInfo) -> Path:
     created = info.created or datetime.now(UTC).isoformat(timespec="seconds")
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": {**asdict(info), "created": created}}
     payload["state"] = state
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def read_adapter(path: Path) -> tuple[AdapterInfo, dict[str, torch.Tensor]]:

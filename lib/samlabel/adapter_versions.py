@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from samlabel.adapter_file import read_adapter
+from samlabel.atomic_write import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +55,6 @@ class VersionRecord:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def start_record(choice: str, default_adapter: Path | None) -> VersionRecord:
@@ -149,7 +132,7 @@ class AdapterVersions:
 
     def add(self, record: VersionRecord) -> None:
         """Record a finished run's version (its adapter file must already be in place)."""
-        write_json_atomic(self.dir / f"{record.version}.json", asdict(record))
+        write_json(self.dir / f"{record.version}.json", asdict(record))
 
     def serve(self, version: str, why: str) -> VersionRecord:
         """Make ``version`` the served one; the server loads it on its next request."""
@@ -157,7 +140,7 @@ class AdapterVersions:
         if record.gate == "rejected":
             raise VersionError(f"{version} was rejected by the publish gate ({record.reason}); it is not served")
         history = self.history() + [{"version": version, "at": now(), "why": why}]
-        write_json_atomic(self.served_file, {"version": version, "history": history})
+        write_json(self.served_file, {"version": version, "history": history})
         logger.info("serving adapter version %s: %s", version, why)
         return record
 

@@ -9,13 +9,13 @@ and slices run along ``k`` (see :mod:`samlabel.geometry`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from samlabel.atomic_write import atomic_write
 
 CT_LABELS: dict[str, int] = {"liver": 1, "spleen": 2, "kidney": 3}
 MR_LABELS: dict[str, int] = {"bright_lesion": 1, "dark_lesion": 2}
@@ -276,20 +276,6 @@ def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder + os.replace, so a server never reads a half file."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; studies must stay readable by the server
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_sample_studies(out_dir: Path, n_ct: int = 3, n_mr: int = 2, seed: int = 0) -> list[str]:
     """Write ``studies/<id>.nii.gz`` (images the server serves), ``truth/<id>.nii.gz`` and
     ``truth/labels.json`` (id -> {name: value}). Phantom ``n`` uses seed ``seed + n``. Returns ids."""
@@ -303,9 +289,9 @@ def write_sample_studies(out_dir: Path, n_ct: int = 3, n_mr: int = 2, seed: int 
     labels: dict[str, dict[str, int]] = {}
     for study_id, make in makers:
         image, label = make()
-        _atomic_write(studies / f"{study_id}.nii.gz", image.to_filename)
-        _atomic_write(truth / f"{study_id}.nii.gz", label.to_filename)
+        atomic_write(studies / f"{study_id}.nii.gz", image.to_filename)
+        atomic_write(truth / f"{study_id}.nii.gz", label.to_filename)
         labels[study_id] = study_labels(study_id)
     text = json.dumps(labels, indent=2) + "\n"
-    _atomic_write(truth / "labels.json", lambda p: Path(p).write_text(text))
+    atomic_write(truth / "labels.json", lambda p: p.write_text(text))
     return [study_id for study_id, _ in makers]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from samlabel.adapter_versions import write_json_atomic
+from samlabel.atomic_write import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ class TrainTrigger:
         self.poll_seconds = poll_seconds
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._state: dict[str, Any] = {"counted": {}, "since_last_run": 0, "pending": False, "runs_started": 0}
         if self.state_file.is_file():
             self._state.update(json.loads(self.state_file.read_text()))
@@ -59,7 +57,7 @@ class TrainTrigger:
                     state["since_last_run"] = 0
                     state["pending"] = True
                     logger.info("%d labels saved: a fine-tuning run is requested", self.every)
-                write_json_atomic(self.state_file, state)
+                write_json(self.state_file, state)
             answer = self.status()
         self._wake.set()
         return answer
@@ -74,15 +72,11 @@ class TrainTrigger:
         }
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="samlabel-train-trigger", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        """Run the scheduler in a daemon thread for the life of the server."""
+        threading.Thread(target=self._loop, name="samlabel-train-trigger", daemon=True).start()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while True:
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
             try:
@@ -103,4 +97,4 @@ class TrainTrigger:
                     self._state["runs_started"] += 1
                 else:
                     self._state["pending"] = True
-                write_json_atomic(self.state_file, self._state)
+                write_json(self.state_file, self._state)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks
 
@@ -16,7 +18,9 @@ from samlabel.config import load_app_config, load_model_config
 from samlabel.engine import SamEngine
 from samlabel.infer import Sam2DInfer, Sam3DInfer
 from samlabel.refinement import RefinementStore
+from samlabel.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.server_errors import checked_infer
+from samlabel.strategy import SamUncertaintyStrategy
 from samlabel.training.task import SamAdapterTrain
 from samlabel.training.trigger import TrainTrigger
 from samlabel.versions_api import versions_router
@@ -33,6 +37,7 @@ class SamLabelApp(MONAILabelApp):
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
         self.engine = self.make_engine(self.versions.served().adapter)
         self.refinements = RefinementStore()
+        self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
         self.trigger = TrainTrigger(
             self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.training_running
         )
@@ -45,6 +50,7 @@ class SamLabelApp(MONAILabelApp):
             version="0.1.0",
             labels=self.cfg.label_values,
         )
+        self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
 
     def make_engine(self, adapter: str) -> SamEngine:
         return SamEngine(self.model_cfg, self.cfg, adapter)
@@ -59,11 +65,25 @@ class SamLabelApp(MONAILabelApp):
     def init_trainers(self):
         return {"sam_adapter": SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, self.make_engine)}
 
+    def init_strategies(self):
+        uncertainty = SamUncertaintyStrategy(self.cfg.activelearning_lease)
+        return {"random": Random(), "first": First(), "sam_uncertainty": uncertainty}
+
+    def init_scoring_methods(self):
+        return {"sam_uncertainty": self.uncertainty}
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label asks for scoring at start-up, after each pick and after each training run; all of
+        it goes to the one background scorer (which also follows the served version on its own)."""
+        self.scorer.request()
+        return {}
+
     def infer(self, request, datastore=None):
         return checked_infer(super().infer, self._infers, datastore or self.datastore(), request, datastore)
 
     def on_init_complete(self):
         super().on_init_complete()
+        self.scorer.start()
         from monailabel.app import app as server  # the running FastAPI app: only imported in the server
 
         server.include_router(versions_router(self.versions), prefix=settings.MONAI_LABEL_API_STR)

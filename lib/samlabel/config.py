@@ -55,6 +55,7 @@ class AppConfig:
     propagation_mask_prompt: bool
     train_every: int
     publish_tolerance: float
+    activelearning_lease: int
     train: dict[str, Any]  # the sam_adapter trainer's request defaults
 
     @property

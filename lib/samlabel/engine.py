@@ -178,6 +178,19 @@ class SamEngine:
         return embedding
 
     @torch.inference_mode()
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`predict_masks` on the served model (a batch of B prompts shares one embedding)."""
+        with self._lock:
+            return predict_masks(self.model, embedding, points, boxes, mask_input, multimask)
+
+    @torch.inference_mode()
     def segment(
         self,
         volume01: np.ndarray,
@@ -202,8 +215,7 @@ class SamEngine:
             )
         boxes = None if box_xyxy is None else torch.as_tensor(box_xyxy, dtype=torch.float32, device=dev)[None]
         multimask = len(points_xy) == 1 and boxes is None and mask_input is None
-        with self._lock:
-            logits, iou = predict_masks(self.model, embedding, points, boxes, mask_input, multimask)
+        logits, iou = self.decode(embedding, points, boxes, mask_input, multimask)
         best = int(torch.argmax(iou[0]))
         logits = logits[:, best : best + 1].float()
         mask = self.geometry(volume01.shape).logits_to_slice(logits)[0, 0] > 0

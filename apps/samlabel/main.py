@@ -9,7 +9,6 @@ from pathlib import Path
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks
 
@@ -20,7 +19,7 @@ from samlabel.infer import Sam2DInfer, Sam3DInfer
 from samlabel.refinement import RefinementStore
 from samlabel.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.server_errors import checked_infer
-from samlabel.strategy import SamUncertaintyStrategy
+from samlabel.strategy import RandomStrategy, SamUncertaintyStrategy
 from samlabel.training.task import SamAdapterTrain
 from samlabel.training.trigger import TrainTrigger
 from samlabel.versions_api import versions_router
@@ -67,7 +66,7 @@ class SamLabelApp(MONAILabelApp):
 
     def init_strategies(self):
         uncertainty = SamUncertaintyStrategy(self.cfg.activelearning_lease)
-        return {"random": Random(), "first": First(), "sam_uncertainty": uncertainty}
+        return {"random": RandomStrategy(), "first": First(), "sam_uncertainty": uncertainty}
 
     def init_scoring_methods(self):
         return {"sam_uncertainty": self.uncertainty}

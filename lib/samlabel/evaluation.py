@@ -53,22 +53,32 @@ def roi_of(truth: np.ndarray, k: int | None = None) -> list[int]:
 
 
 def simulated_clicks_dice(
-    segment: Callable[[dict[str, list[list[int]]]], np.ndarray], truth_hw: np.ndarray, k: int, n_clicks: int
+    segment: Callable[[dict[str, list[list[int]]]], np.ndarray],
+    truth_hw: np.ndarray,
+    k: int,
+    n_clicks: int,
+    score: Callable[[np.ndarray], float] | None = None,
+    done: Callable[[list[float]], bool] | None = None,
 ) -> list[float]:
-    """Dice on slice ``k`` after each of ``n_clicks`` simulated clicks. ``segment`` takes the viewer's
-    clicks so far (``{"foreground": [[i, j, k], ...], "background": [...]}``) and returns the slice's
-    mask ``(H, W)``; the engine (:func:`click_dice`) or a server behind it refines the previous mask."""
+    """Dice on slice ``k`` after each of up to ``n_clicks`` simulated clicks. ``segment`` takes the
+    viewer's clicks so far (``{"foreground": [[i, j, k], ...], "background": [...]}``) and returns the
+    slice's mask ``(H, W)``; the engine (:func:`click_dice`) or a server behind it refines the previous
+    mask. ``score`` replaces the slice Dice of a mask (e.g. by the 3-D Dice of the request behind it);
+    ``done`` stops early once the scores so far say enough."""
     clicks: dict[str, list[list[int]]] = {"foreground": [], "background": []}
-    scores, prediction = [], None
+    scores: list[float] = []
+    prediction = None
     for _ in range(n_clicks):
+        if done is not None and scores and done(scores):
+            break
         click = next_click(truth_hw, prediction)
-        if click is None:
+        if click is None:  # nothing left to correct: the score stays
             scores.append(scores[-1])
             continue
         row, col, label = click
         clicks["foreground" if label else "background"].append([col, row, k])
         prediction = segment(clicks)
-        scores.append(dice(prediction, truth_hw))
+        scores.append(dice(prediction, truth_hw) if score is None else score(prediction))
     return scores
 
 

@@ -295,3 +295,28 @@ def write_sample_studies(out_dir: Path, n_ct: int = 3, n_mr: int = 2, seed: int 
     text = json.dumps(labels, indent=2) + "\n"
     atomic_write(truth / "labels.json", lambda p: p.write_text(text))
     return [study_id for study_id, _ in makers]
+
+
+PHANTOMS = {"ct": make_ct_phantom, "mr": make_mr_phantom, "cardiac": make_cardiac_phantom}
+#: The active-learning split: a pool to label (the click starter is sure on CT and MR, unsure on hearts)
+#: and a hold-out set; phantom seeds never repeat between the two.
+ACTIVE_LEARNING_SPLIT = {
+    "pool": {"cardiac": range(0, 6), "ct": range(10, 13), "mr": range(10, 13)},
+    "holdout": {"cardiac": range(100, 102), "ct": range(110, 111), "mr": range(110, 111)},
+}
+
+
+def write_labelled_studies(folder: Path, seeds: dict[str, range]) -> list[str]:
+    """Phantoms in the MONAI Label studies layout: ``<id>.nii.gz`` at the top, the ground truth under
+    ``labels/final/<id>.nii.gz``; ids are ``<kind>_<seed>``. Returns the ids."""
+    final = Path(folder) / "labels" / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for kind, kind_seeds in seeds.items():
+        for seed in kind_seeds:
+            image, label = PHANTOMS[kind](seed)
+            study_id = f"{kind}_{seed:03d}"
+            atomic_write(Path(folder) / f"{study_id}.nii.gz", image.to_filename)
+            atomic_write(final / f"{study_id}.nii.gz", label.to_filename)
+            ids.append(study_id)
+    return ids

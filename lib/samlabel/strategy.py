@@ -10,10 +10,12 @@ Label answers as ``{}``.
 
 from __future__ import annotations
 
+import random
 import time
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.tasks.activelearning.random import Random
 
 from samlabel.scoring import INFO_KEY
 
@@ -49,3 +51,16 @@ class SamUncertaintyStrategy(Strategy):
         if scored is None:
             return {"id": best, "reason": "no image is scored yet"}
         return {"id": best, "score": scored["score"], "scored_with": scored["adapter_version"]}
+
+
+class RandomStrategy(Random):
+    """MONAI Label's ``random``: weighted by the seconds since each image was last handed out. When
+    every unlabelled image was handed out within the current second those weights are all 0 and it
+    raises (a 500); then any unlabelled image is as good as another."""
+
+    def __call__(self, request: dict, datastore: Datastore) -> dict | None:
+        try:
+            return super().__call__(request, datastore)
+        except ValueError:
+            images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+            return {"id": random.choice(images)}

@@ -2,7 +2,7 @@
 
 Annotators pay for a model's instability: when a click a few pixels off gives a different mask, they
 need more clicks. So the score clicks a coarse grid on a few slices, each click also nudged by
-``JITTER`` of the slice size in four directions, and measures ``1 - Dice`` between the mask of a click
+``JITTER`` of the slice size both ways along the diagonal, and measures ``1 - Dice`` between the mask of a click
 and the masks of its nudged copies (every click is decoded the way the server decodes a lone click:
 SAM's three masks, the best predicted IoU wins). Two cheaper signals from the same decodes are kept
 beside it, because they come for free: the disagreement among SAM's three masks and the gap of its
@@ -18,18 +18,24 @@ import numpy as np
 import torch
 
 from samlabel.engine import SamEngine
+from samlabel.geometry import volume_slice
 
 SLICE_FRACTIONS = (0.3, 0.5, 0.7)  # where along k the scored slices lie
-GRID = 3  # clicks per side of the grid, spread over the middle 70 % of the slice
+GRID = 4  # clicks per side of the grid over the slice; only those on tissue are used
+TISSUE = 0.1  # a click is on tissue where the slice is brighter than this share of its range
 JITTER = 0.03  # nudge of each click, as a share of the slice's longest side
-NUDGES = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.float64)
+NUDGES = np.array([[0, 0], [1, 1], [-1, -1]], dtype=np.float64)
 
 
-def grid_clicks(height: int, width: int) -> np.ndarray:
-    """The grid's clicks and their nudged copies as voxel ``(i, j)``: ``(GRID², 5, 2)``, copy 0 unmoved."""
-    rows = np.linspace(0.15, 0.85, GRID) * (height - 1)
-    cols = np.linspace(0.15, 0.85, GRID) * (width - 1)
-    centres = np.array([(c, r) for r in rows for c in cols])
+def grid_clicks(slice_hw: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Grid clicks on tissue and their nudged copies as voxel ``(i, j)``: ``(P, len(NUDGES), 2)``, copy 0
+    unmoved. Background (air, outside the body) is left out: annotators never click there."""
+    height, width = slice_hw.shape
+    rows = np.rint(np.linspace(0.1, 0.9, grid) * (height - 1)).astype(int)
+    cols = np.rint(np.linspace(0.1, 0.9, grid) * (width - 1)).astype(int)
+    lo, hi = float(slice_hw.min()), float(slice_hw.max())
+    on_tissue = [(c, r) for r in rows for c in cols if slice_hw[r, c] > lo + TISSUE * (hi - lo)]
+    centres = np.array(on_tissue or [(c, r) for r in rows for c in cols], dtype=np.float64)
     offsets = NUDGES * JITTER * max(height, width)
     clicks = centres[:, None, :] + offsets[None, :, :]
     return np.clip(np.rint(clicks), 0, [width - 1, height - 1])
@@ -46,7 +52,7 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def slice_uncertainty(engine: SamEngine, volume01: np.ndarray, k: int) -> dict[str, float]:
     """The three signals on slice ``k`` of a [0, 1] volume, each in [0, 1], higher = less sure."""
     geometry = engine.geometry(volume01.shape)
-    clicks = grid_clicks(geometry.height, geometry.width)
+    clicks = grid_clicks(volume_slice(volume01, k))
     n_points, n_copies = clicks.shape[:2]
     xy = torch.as_tensor(geometry.voxels_to_model(clicks.reshape(-1, 2)), device=engine.device)
     labels = torch.ones(len(xy), 1, dtype=torch.int64, device=engine.device)

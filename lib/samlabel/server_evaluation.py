@@ -1,0 +1,211 @@
+"""Accuracy and latency as a client gets them: the standard simulated user against a running server.
+
+Every connected object of every label value in the ground truth is one target. With ``clicks`` the
+simulated annotator (:mod:`samlabel.simulated_user`) clicks the target's largest slice through the
+REST API, resending all clicks each time as viewers do, until 20 clicks or until both Dice 0.9 and the
+10th click are reached (so Dice after 1, 3, 5, 10 clicks and NoC@85/90 are known). With ``box`` the
+target's box is sent once: on its largest slice for ``sam_2d``, around the whole target for
+``sam_3d``. ``sam_2d`` is scored by the slice's Dice, ``sam_3d`` by the volume's.
+
+Images the server's datastore holds are used by id; others (a hold-out set) are sent as MONAI Label
+sessions, so evaluating never adds images to the datastore that active learning picks from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monailabel.client import MONAILabelClient
+
+from samlabel.evaluation import dice, largest_slice, roi_of, simulated_clicks_dice, targets
+from samlabel.geometry import volume_slice
+
+logger = logging.getLogger(__name__)
+
+REPORTED_CLICKS = (1, 3, 5, 10)
+MAX_CLICKS = 20  # NoC cap
+IMAGE_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class Case:
+    """An image file and its ground truth, as in a MONAI Label studies folder (truth in labels/final/)."""
+
+    image_id: str
+    image: Path
+    truth: Path
+
+
+def studies_cases(folder: Path) -> list[Case]:
+    """The images at the top of ``folder`` that have a ground truth of the same name in ``labels/final/``."""
+    folder = Path(folder)
+    cases = []
+    for path in sorted(folder.iterdir()):
+        suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is None or not path.is_file():
+            continue
+        truth = folder / "labels" / "final" / path.name
+        if not truth.is_file():
+            logger.warning("no ground truth for %s in %s: skipped", path.name, truth.parent)
+            continue
+        cases.append(Case(path.name[: -len(suffix)], path, truth))
+    if not cases:
+        raise FileNotFoundError(f"{folder}: no images with ground truth in {folder / 'labels' / 'final'}")
+    return cases
+
+
+def noc(scores: list[float], threshold: float, cap: int = MAX_CLICKS) -> int:
+    """Number of clicks until Dice first reaches ``threshold`` (``cap`` if it never does)."""
+    return next((n for n, s in enumerate(scores, 1) if s >= threshold), cap)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50 and p95 of latencies in ms, and how many there were."""
+    if not values:
+        return {"n": 0}
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "n": len(values)}
+
+
+class ServerModel:
+    """One infer task of a server for one image (id or session); records each request's latency."""
+
+    def __init__(self, client: MONAILabelClient, model: str, image_id: str, session_id: str | None):
+        self.client, self.model, self.image_id, self.session_id = client, model, image_id, session_id
+        self.round_trip_ms: list[float] = []
+        self.server_ms: list[float] = []
+        self.last_params: dict[str, Any] = {}
+
+    def __call__(self, params: dict[str, Any]) -> np.ndarray:
+        """The returned label volume ``(I, J, K)`` as a boolean mask."""
+        began = time.perf_counter()
+        path, result = self.client.infer(self.model, self.image_id, params, session_id=self.session_id)
+        self.round_trip_ms.append((time.perf_counter() - began) * 1000)
+        total = result.get("latencies", {}).get("total")
+        if total is not None:
+            self.server_ms.append(float(total) * 1000)
+        self.last_params = result
+        try:
+            return np.asarray(nib.load(path).dataobj) > 0
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def server_image(client: MONAILabelClient, case: Case, datastore_ids: set[str]) -> Iterator[tuple[str, str | None]]:
+    """``(image id, session id)`` for a case: the datastore's image, or a session made for it."""
+    if case.image_id in datastore_ids:
+        yield case.image_id, None
+        return
+    session = client.create_session(str(case.image))
+    session_id = session["session_id"]
+    try:
+        yield session_id, session_id
+    finally:
+        with contextlib.suppress(Exception):
+            client.remove_session(session_id)
+
+
+def evaluate_target(
+    model: ServerModel,
+    truth: np.ndarray,
+    prompt: str,
+    max_clicks: int = MAX_CLICKS,
+    reported: tuple[int, ...] = REPORTED_CLICKS,
+    noc_at: tuple[float, ...] = (0.85, 0.90),
+) -> dict:
+    """Scores of one target (``(I, J, K)`` boolean) through ``model`` with ``clicks`` or ``box``: Dice
+    after each of the ``reported`` clicks and NoC at each ``noc_at``; clicking stops once all are known."""
+    three_d = model.model == "sam_3d"
+    k = largest_slice(truth)
+    truth_hw = volume_slice(truth, k)
+    if prompt == "box":
+        label = model({"roi": roi_of(truth) if three_d else roi_of(truth, k)})
+        return {"slice": k, "dice_box": dice(label, truth) if three_d else dice(volume_slice(label, k), truth_hw)}
+    last: dict[str, np.ndarray] = {}
+
+    def segment(clicks: dict[str, list[list[int]]]) -> np.ndarray:
+        last["label"] = model(clicks)
+        return volume_slice(last["label"], k)
+
+    def known(scores: list[float]) -> bool:
+        return len(scores) >= max(reported) and max(scores) >= max(noc_at)
+
+    score = (lambda _: dice(last["label"], truth)) if three_d else None
+    scores = simulated_clicks_dice(segment, truth_hw, k, max_clicks, score=score, done=known)
+    return {
+        "slice": k,
+        "dice": [round(s, 4) for s in scores],
+        **{f"dice_{n}": scores[min(n, len(scores)) - 1] for n in reported},
+        **{f"noc{round(t * 100)}": noc(scores, t, max_clicks) for t in noc_at},
+    }
+
+
+def object_targets(label: np.ndarray) -> dict[str, np.ndarray]:
+    """Every connected object of every label value, named ``label_<value>[_<n>]``."""
+    values = [int(v) for v in np.unique(label) if v > 0]
+    return targets(label, {f"label_{v}": v for v in values})
+
+
+def mean_scores(objects: list[dict]) -> dict[str, float]:
+    keys = [key for key in objects[0] if key.startswith(("dice_", "noc"))] if objects else []
+    return {key: round(float(np.mean([o[key] for o in objects])), 4) for key in keys}
+
+
+def evaluate_server(
+    client: MONAILabelClient,
+    cases: list[Case],
+    model: str,
+    prompt: str,
+    max_clicks: int = MAX_CLICKS,
+    reported: tuple[int, ...] = REPORTED_CLICKS,
+    noc_at: tuple[float, ...] = (0.85, 0.90),
+) -> dict[str, Any]:
+    """One evaluation run over ``cases``: per-image and mean scores, the Dice-vs-clicks curve, latency."""
+    if prompt not in ("clicks", "box"):
+        raise ValueError(f"prompt must be clicks or box, not {prompt!r}")
+    began = time.perf_counter()
+    datastore_ids = set(client.datastore().get("objects", {}))
+    per_image, every_object, round_trip, server = {}, [], [], []
+    params: dict[str, Any] = {}
+    for case in cases:
+        label = np.asarray(nib.load(case.truth).dataobj)
+        with server_image(client, case, datastore_ids) as (image_id, session_id):
+            served = ServerModel(client, model, image_id, session_id)
+            objects = {
+                name: evaluate_target(served, truth, prompt, max_clicks, reported, noc_at)
+                for name, truth in object_targets(label).items()
+            }
+        round_trip += served.round_trip_ms
+        server += served.server_ms
+        params = served.last_params or params
+        per_image[case.image_id] = {"objects": objects, "mean": mean_scores(list(objects.values()))}
+        every_object += objects.values()
+        logger.info("%s %s %s: %s", model, prompt, case.image_id, per_image[case.image_id]["mean"])
+    curve = []
+    if prompt == "clicks":
+        curve = [
+            round(float(np.mean([o["dice"][min(n, len(o["dice"])) - 1] for o in every_object])), 4)
+            for n in range(1, max(reported) + 1)
+        ]
+    return {
+        "model": model,
+        "prompt": prompt,
+        "model_version": params.get("model_version"),
+        "adapter_version": params.get("adapter_version"),
+        "images": len(cases),
+        "objects": len(every_object),
+        "mean": mean_scores(every_object),
+        "dice_by_clicks": curve,
+        "latency_ms": {"round_trip": percentiles(round_trip), "server": percentiles(server)},
+        "seconds": round(time.perf_counter() - began, 1),
+        "per_image": per_image,
+    }

@@ -56,9 +56,9 @@ class SamUncertaintyScoring(ScoringMethod):
             return self._score_pass(datastore, bool(request.get("force", False)))
 
     def _score_pass(self, datastore: Datastore, force: bool) -> dict[str, Any]:
-        served = self.versions.served().adapter
-        self.engine.use_adapter(served)
-        version = self.versions.served().version
+        served = self.versions.served()
+        self.engine.use_adapter(served.adapter)
+        version = served.version
         todo = [
             image
             for image in sorted(datastore.get_unlabeled_images())

@@ -172,6 +172,7 @@ def evaluate_server(
     """One evaluation run over ``cases``: per-image and mean scores, the Dice-vs-clicks curve, latency."""
     if prompt not in ("clicks", "box"):
         raise ValueError(f"prompt must be clicks or box, not {prompt!r}")
+    reported = tuple(n for n in reported if n <= max_clicks) or (max_clicks,)  # never report unmade clicks
     began = time.perf_counter()
     datastore_ids = set(client.datastore().get("objects", {}))
     per_image, every_object, round_trip, server = {}, [], [], []

@@ -44,6 +44,10 @@ class AppConfig:
     adapter: str
     model_dir: str
     device: str
+    runtime: str
+    precision: str
+    encoder_batch: int
+    prefetch_slices: int
     modality: str
     ct_window: tuple[float, float]
     mr_percentiles: tuple[float, float]
@@ -112,6 +116,12 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
     cfg = AppConfig(**values)
     if cfg.modality not in ("auto", "ct", "mr"):
         raise ConfigError(f"--conf modality: {cfg.modality!r} is not one of auto, ct, mr")
+    if cfg.runtime not in ("auto", "torch", "onnxruntime"):
+        raise ConfigError(f"--conf runtime: {cfg.runtime!r} is not one of auto, torch, onnxruntime")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--conf precision: {cfg.precision!r} is not one of fp32, bf16")
+    if cfg.encoder_batch < 0 or cfg.prefetch_slices < 0:
+        raise ConfigError("--conf encoder_batch and prefetch_slices must be >= 0")
     if not cfg.labels:
         raise ConfigError("--conf labels: give at least one label name")
     if cfg.train_every < 0 or cfg.publish_tolerance < 0:

@@ -1,12 +1,15 @@
 """The SAM engine: a loaded model, its image-embedding cache, and prompt -> mask decoding for one slice.
 
-The image encoder is the expensive part (about 2 s per slice for LiteMedSAM on 2 CPU cores, 28 s for
+The image encoder is the expensive part (about 1-2 s per slice for LiteMedSAM on 2 CPU cores, 28 s for
 ViT-B at 1024²); prompts are cheap (tens of ms). So embeddings are cached by the content of the
-model input (which covers image, slice, preprocessing) and the model version, in a byte-bounded LRU.
+model input (which covers image, slice, preprocessing), the encoder's version and the runtime, in a
+byte-bounded LRU; a :class:`~samlabel.prefetch.Prefetcher` fills it around the last click. On CPU both
+calls run through ONNX Runtime when it is installed (:mod:`samlabel.onnx_sam`), elsewhere PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -19,9 +22,11 @@ import torch
 from segment_anything.modeling import Sam
 
 from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter
-from samlabel.config import AppConfig, ModelConfig
+from samlabel.config import AppConfig, ConfigError, ModelConfig
 from samlabel.geometry import SliceGeometry, slice_geometry, volume_slice
 from samlabel.models import build_model, load_checkpoint
+from samlabel.onnx_sam import OnnxDecoder, OnnxEncoder, onnxruntime_available
+from samlabel.prefetch import Prefetcher
 from samlabel.preprocess import slice_to_model_input
 from samlabel.weights import resolve_weights, sha256_file
 
@@ -57,6 +62,10 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
 
 def predict_masks(
@@ -98,6 +107,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def pick_runtime(name: str, device: torch.device, precision: str) -> str:
+    """``auto``: ONNX Runtime for fp32 on CPU when it is installed (twice eager PyTorch's speed), else PyTorch."""
+    if name == "auto":
+        fast = device.type == "cpu" and precision == "fp32" and onnxruntime_available()
+        return "onnxruntime" if fast else "torch"
+    if name == "onnxruntime" and (device.type != "cpu" or not onnxruntime_available()):
+        raise ConfigError("--conf runtime onnxruntime needs device cpu and the onnxruntime package")
+    return name
+
+
 class SamEngine:
     """A SAM model ready to segment slices of normalised volumes, shared by all infer tasks.
 
@@ -106,15 +125,25 @@ class SamEngine:
     that only retrains the decoder side reuses them and one with new encoder adapters never does.
     """
 
-    def __init__(self, model_cfg: ModelConfig, app_cfg: AppConfig, adapter: str | None = None):
+    def __init__(
+        self, model_cfg: ModelConfig, app_cfg: AppConfig, adapter: str | None = None, runtime: str | None = None
+    ):
         self.model_cfg = model_cfg
         self.device = pick_device(app_cfg.device)
+        self.runtime = pick_runtime(runtime or app_cfg.runtime, self.device, app_cfg.precision)
+        self.autocast_dtype = torch.bfloat16 if app_cfg.precision == "bf16" else None
+        self.encoder_batch = app_cfg.encoder_batch or (16 if self.device.type == "cuda" else 1)
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.base_sha256 = sha256_file(self.weights_path)
         self.cache = EmbeddingCache(app_cfg.cache_mb * 2**20)
+        self.prefetcher = Prefetcher(self, app_cfg.prefetch_slices)
         self.encoder_runs = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one foreground encoder or decoder call at a time
         self._swap_lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        self._inflight_lock = threading.Lock()
+        self._onnx_encoder: tuple[str, OnnxEncoder] | None = None
+        self._onnx_decoder: OnnxDecoder | None = None
         self.serve_adapter(adapter or app_cfg.adapter)
 
     def use_adapter(self, choice: str) -> None:
@@ -137,11 +166,29 @@ class SamEngine:
         adapter = self._load_adapter(model, choice)
         model.to(self.device).eval()
         base = f"{self.model_cfg.name}@{self.base_sha256[:12]}"
+        version = base + (f"+{adapter.version}" if adapter else "")
+        encoder_version = base + (f"+{adapter.version}" if adapter and "adapters" in adapter.parts else "")
+        onnx_encoder, onnx_decoder = self._export_onnx(model, encoder_version)
         with self._lock:
             self.model, self.adapter, self.adapter_choice = model, adapter, choice
-            self.version = base + (f"+{adapter.version}" if adapter else "")
-            self.encoder_version = base + (f"+{adapter.version}" if adapter and "adapters" in adapter.parts else "")
-        logger.info("SAM engine %s on %s from %s", self.version, self.device, self.weights_path)
+            self.version, self.encoder_version = version, encoder_version
+            self._onnx_encoder, self._onnx_decoder = onnx_encoder, onnx_decoder
+        logger.info("SAM engine %s (%s) on %s from %s", self.version, self.runtime, self.device, self.weights_path)
+
+    def _export_onnx(self, model: Sam, encoder_version: str) -> tuple[tuple[str, OnnxEncoder] | None, OnnxDecoder | None]:
+        """ONNX Runtime sessions for ``model``; the encoder's is kept while the encoder does not change.
+        A model that cannot be exported (e.g. over ONNX's 2 GB limit) falls back to PyTorch."""
+        if self.runtime != "onnxruntime":
+            return None, None
+        try:
+            encoder = self._onnx_encoder
+            if encoder is None or encoder[0] != encoder_version:
+                encoder = (encoder_version, OnnxEncoder(model, self.model_cfg.img_size))
+            return encoder, OnnxDecoder(model)
+        except Exception as e:  # noqa: BLE001 - any exporter failure means: serve with PyTorch
+            logger.warning("ONNX export failed, serving with PyTorch: %s", e)
+            self.runtime = "torch"
+            return None, None
 
     def _load_adapter(self, model: Sam, choice: str) -> AdapterInfo | None:
         if choice == "none":
@@ -163,19 +210,73 @@ class SamEngine:
         """Slice ``k`` of a [0, 1] volume as the encoder's ``(3, S, S)`` input."""
         return slice_to_model_input(volume_slice(volume01, k), self.geometry(volume01.shape), self.model_cfg.pixel_norm)
 
-    @torch.inference_mode()
     def embed(self, volume01: np.ndarray, k: int) -> torch.Tensor:
         """Image embedding of slice ``k`` of a [0, 1] volume, from the cache when it was seen before."""
-        x = self.model_input(volume01, k)
-        key = f"{self.encoder_version}:{hashlib.sha1(x.numpy().tobytes()).hexdigest()}"
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        with self._lock:
-            embedding = self.model.image_encoder(x[None].to(self.device))
-            self.encoder_runs += 1
-        self.cache.put(key, embedding)
-        return embedding
+        return self.embed_slices(volume01, [k])[0]
+
+    @torch.inference_mode()
+    def embed_slices(self, volume01: np.ndarray, ks: list[int], background: bool = False) -> list[torch.Tensor]:
+        """Embeddings of slices ``ks``; the uncached ones are encoded in batches of ``encoder_batch``.
+
+        A slice another thread is encoding right now (the prefetcher, a second request) is waited for,
+        not encoded twice. ``background`` calls do not take the foreground lock, so a click is never
+        queued behind a prefetched slice.
+        """
+        inputs = [self.model_input(volume01, k) for k in ks]
+        prefix = f"{self.encoder_version}:{self.runtime}:"
+        keys = [prefix + hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in inputs]
+        found = {key: self.cache.get(key) for key in keys}
+        todo = {key: x for key, x in zip(keys, inputs) if found[key] is None}
+        while todo:
+            mine, theirs = self._claim(list(todo))
+            for start in range(0, len(mine), self.encoder_batch):
+                batch = mine[start : start + self.encoder_batch]
+                try:
+                    embeddings = self._encode(torch.stack([todo[key] for key in batch]), background)
+                    for key, embedding in zip(batch, embeddings):
+                        found[key] = embedding[None].clone() if len(batch) > 1 else embedding[None]
+                        self.cache.put(key, found[key])
+                finally:
+                    self._release(batch)
+            for key, event in theirs.items():
+                event.wait()
+                found[key] = self.cache.get(key)
+            todo = {key: todo[key] for key in todo if found[key] is None}  # evicted meanwhile: encode here
+        return [found[key] for key in keys]
+
+    def _claim(self, keys: list[str]) -> tuple[list[str], dict[str, threading.Event]]:
+        """Split ``keys`` into those this thread will encode and those another thread is encoding."""
+        mine, theirs = [], {}
+        with self._inflight_lock:
+            for key in keys:
+                if key in self._inflight:
+                    theirs[key] = self._inflight[key]
+                else:
+                    self._inflight[key] = threading.Event()
+                    mine.append(key)
+        return mine, theirs
+
+    def _release(self, keys: list[str]) -> None:
+        with self._inflight_lock:
+            for key in keys:
+                self._inflight.pop(key).set()
+
+    def _encode(self, images: torch.Tensor, background: bool) -> torch.Tensor:
+        with contextlib.nullcontext() if background else self._lock:
+            onnx_encoder = self._onnx_encoder
+            if onnx_encoder is not None:
+                embeddings = onnx_encoder[1](images)
+            else:
+                with self._autocast():
+                    embeddings = self.model.image_encoder(images.to(self.device)).float()
+        with self._inflight_lock:
+            self.encoder_runs += len(images)
+        return embeddings
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.inference_mode()
     def decode(
@@ -188,7 +289,26 @@ class SamEngine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`predict_masks` on the served model (a batch of B prompts shares one embedding)."""
         with self._lock:
-            return predict_masks(self.model, embedding, points, boxes, mask_input, multimask)
+            if self._onnx_decoder is not None:
+                return self._onnx_decoder(embedding, points, boxes, mask_input, multimask)
+            with self._autocast():
+                logits, iou = predict_masks(self.model, embedding, points, boxes, mask_input, multimask)
+            return logits.float(), iou.float()
+
+    def busy(self) -> bool:
+        """Whether a foreground encoder or decoder call is running (background work waits for it)."""
+        return self._lock.locked()
+
+    def status(self) -> dict:
+        """What ``/info`` shows of the engine: runtime, device, cache use, prefetch queue."""
+        return {
+            "version": self.version,
+            "runtime": self.runtime,
+            "device": str(self.device),
+            "encoder_runs": self.encoder_runs,
+            "cache": {"entries": len(self.cache), "bytes": self.cache.bytes, "max_bytes": self.cache.max_bytes},
+            "prefetch": self.prefetcher.status(),
+        }
 
     @torch.inference_mode()
     def segment(

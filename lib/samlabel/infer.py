@@ -73,6 +73,7 @@ class SamInferTask(BasicInferTask):
 
         start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
         masks = self.grow(volume01, prompt.slice, start, prompt.k_range)
+        self.engine.prefetcher.request(volume01, prompt.slice)
 
         label = np.zeros(volume.shape, dtype=np.uint8)
         for k, mask in masks.items():

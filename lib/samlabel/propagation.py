@@ -3,6 +3,7 @@
 Slice by slice in both directions, the previous mask's bounding box (and optionally its logits as
 ``mask_input``) prompts the next slice; a direction stops where the mask vanishes, SAM's predicted
 IoU drops below a threshold, or the roi's slice range ends. Box prompts are what MedSAM was trained on.
+With ``encoder_batch`` > 1 the slices ahead are encoded in batches; the masks are the same.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ def propagate(
     geometry = engine.geometry(volume01.shape)
     no_points = np.zeros((0, 2), dtype=np.float32)
     masks = {k0: start.mask}
+    batch = engine.encoder_batch
     for step in (-1, 1):
         previous, k = start, k0 + step
         while lo <= k <= hi:
+            if batch > 1 and (k - k0 - step) % batch == 0:  # encode the next slices in one call (GPU)
+                engine.embed_slices(volume01, [j for j in range(k, k + step * batch, step) if lo <= j <= hi])
             box = mask_box(previous.mask, settings.box_margin)
             if box is None:
                 break

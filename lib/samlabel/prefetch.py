@@ -1,0 +1,88 @@
+"""Encode the slices around the last click in the background, so the next slice's first click is fast.
+
+Annotators move to a neighbouring slice, or ask for ``sam_3d``, right after a click. One daemon thread
+encodes up to ``slices`` neighbours of the last prompted slice, nearest first (k+1, k-1, k+2, ...)
+into the engine's embedding cache. A new click replaces the queue (the old one is cancelled), and no
+slice is started while a foreground request is computing. The result of a request never depends on
+the prefetcher: it only fills a content-keyed cache with what the request would compute itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def nearest_slices(k: int, depth: int, count: int) -> list[int]:
+    """Up to ``count`` slice indices around ``k`` (not ``k``), nearest first, upward first at each distance."""
+    order = []
+    for distance in range(1, depth):
+        order += [j for j in (k + distance, k - distance) if 0 <= j < depth]
+    return order[:count]
+
+
+class Prefetcher:
+    def __init__(self, engine: Any, slices: int):
+        self.engine = engine  # a SamEngine: embed_slices(volume01, ks, background=True), busy()
+        self.slices = slices
+        self._queue: deque[int] = deque()
+        self._volume: np.ndarray | None = None
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._working = False
+
+    def request(self, volume01: np.ndarray, k: int) -> None:
+        """Encode the neighbours of slice ``k`` next, dropping whatever was queued before."""
+        if self.slices <= 0:
+            return
+        with self._wake:
+            self._volume = volume01
+            self._queue = deque(nearest_slices(k, volume01.shape[2], self.slices))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sam-prefetch", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def cancel(self) -> None:
+        with self._wake:
+            self._queue.clear()
+            self._volume = None
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the queue is empty and no slice is being encoded (tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._queue or self._working:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._wake.wait(remaining):
+                    return False
+        return True
+
+    def status(self) -> dict[str, int]:
+        return {"slices": self.slices, "pending": self.pending()}
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._working = False
+                self._wake.notify_all()
+                while not self._queue:
+                    self._wake.wait()
+                k, volume01 = self._queue.popleft(), self._volume
+                self._working = True
+            while self.engine.busy():  # a click in progress goes first
+                time.sleep(0.01)
+            try:
+                self.engine.embed_slices(volume01, [k], background=True)
+            except Exception:  # noqa: BLE001 - a failed prefetch only costs the speed-up
+                logger.exception("prefetching slice %d failed", k)

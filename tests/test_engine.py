@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from samlabel.config import load_app_config, load_model_config
-from samlabel.engine import EmbeddingCache, SamEngine
+from samlabel.engine import SamEngine
 from samlabel.evaluation import box_dice, largest_slice, roi_volume_dice, targets
 from samlabel.preprocess import normalize_volume
 from samlabel.propagation import PropagationSettings
 from samlabel.sample_data import LABELS, make_ct_phantom
+from samlabel.tensor_cache import TensorCache
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def phantom():
     return normalize_volume(np.asarray(image.dataobj)), np.asarray(label.dataobj)
 
 
-def test_embedding_cache_is_bounded_by_bytes_and_evicts_least_recent():
-    cache = EmbeddingCache(max_bytes=3 * 400)  # room for three 100-float32 tensors
+def test_tensor_cache_is_bounded_by_bytes_and_evicts_least_recent():
+    cache = TensorCache(max_bytes=3 * 400)  # room for three 100-float32 tensors
     for key in "abc":
         cache.put(key, torch.zeros(100))
     assert cache.get("a") is not None  # a is now the most recent

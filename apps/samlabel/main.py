@@ -15,6 +15,7 @@ from monailabel.utils.async_tasks.utils import tasks
 from samlabel.adapter_versions import AdapterVersions, start_record
 from samlabel.config import load_app_config, load_model_config
 from samlabel.engine import SamEngine
+from samlabel.image_cache import CachedLoadImaged
 from samlabel.infer import Sam2DInfer, Sam3DInfer
 from samlabel.refinement import RefinementStore
 from samlabel.scoring import BackgroundScoring, SamUncertaintyScoring
@@ -36,6 +37,7 @@ class SamLabelApp(MONAILabelApp):
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
         self.engine = self.make_engine(self.versions.served().adapter)
         self.refinements = RefinementStore()
+        self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
         self.trigger = TrainTrigger(
             self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.training_running
@@ -51,18 +53,26 @@ class SamLabelApp(MONAILabelApp):
         )
         self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
 
-    def make_engine(self, adapter: str) -> SamEngine:
-        return SamEngine(self.model_cfg, self.cfg, adapter)
+    def make_engine(self, adapter: str, runtime: str | None = None) -> SamEngine:
+        return SamEngine(self.model_cfg, self.cfg, adapter, runtime)
+
+    def make_training_engine(self, adapter: str) -> SamEngine:
+        """Training needs PyTorch's autograd, whatever runtime serves."""
+        return self.make_engine(adapter, "torch")
+
+    def info(self):
+        return {**super().info(), "engine": self.engine.status()}
 
     def init_infers(self):
-        args = (self.engine, self.refinements, self.cfg, self.versions)
+        args = (self.engine, self.refinements, self.image_loader, self.cfg, self.versions)
         return {
             "sam_2d": Sam2DInfer(*args, "SAM on one slice; clicks refine"),
             "sam_3d": Sam3DInfer(*args, "SAM on one slice, propagated in 3-D"),
         }
 
     def init_trainers(self):
-        return {"sam_adapter": SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, self.make_engine)}
+        trainer = SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, self.make_training_engine)
+        return {"sam_adapter": trainer}
 
     def init_strategies(self):
         uncertainty = SamUncertaintyStrategy(self.cfg.activelearning_lease)

@@ -53,6 +53,7 @@ class AppConfig:
     mr_percentiles: tuple[float, float]
     labels: tuple[str, ...]
     cache_mb: int
+    image_cache_mb: int
     max_points: int
     propagation_iou: float
     propagation_box_margin: int

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,44 +27,10 @@ from samlabel.models import build_model, load_checkpoint
 from samlabel.onnx_sam import OnnxDecoder, OnnxEncoder, onnxruntime_available
 from samlabel.prefetch import Prefetcher
 from samlabel.preprocess import slice_to_model_input
+from samlabel.tensor_cache import TensorCache
 from samlabel.weights import resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
-
-
-class EmbeddingCache:
-    """Thread-safe LRU of tensors, bounded by their total size in bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        with self._lock:
-            if key in self._items or size > self.max_bytes:
-                return
-            self._items[key] = value
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.numel() * old.element_size()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
 
 
 def predict_masks(
@@ -135,13 +100,14 @@ class SamEngine:
         self.encoder_batch = app_cfg.encoder_batch or (16 if self.device.type == "cuda" else 1)
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.base_sha256 = sha256_file(self.weights_path)
-        self.cache = EmbeddingCache(app_cfg.cache_mb * 2**20)
+        self.cache = TensorCache(app_cfg.cache_mb * 2**20)
         self.prefetcher = Prefetcher(self, app_cfg.prefetch_slices)
         self.encoder_runs = 0
         self._lock = threading.Lock()  # one foreground encoder or decoder call at a time
         self._swap_lock = threading.Lock()
         self._inflight: dict[str, threading.Event] = {}
         self._inflight_lock = threading.Lock()
+        self._thread_runs = threading.local()
         self._onnx_encoder: tuple[str, OnnxEncoder] | None = None
         self._onnx_decoder: OnnxDecoder | None = None
         self.serve_adapter(adapter or app_cfg.adapter)
@@ -175,7 +141,7 @@ class SamEngine:
             self._onnx_encoder, self._onnx_decoder = onnx_encoder, onnx_decoder
         logger.info("SAM engine %s (%s) on %s from %s", self.version, self.runtime, self.device, self.weights_path)
 
-    def _export_onnx(self, model: Sam, encoder_version: str) -> tuple[tuple[str, OnnxEncoder] | None, OnnxDecoder | None]:
+    def _export_onnx(self, model: Sam, encoder_version: str) -> tuple:
         """ONNX Runtime sessions for ``model``; the encoder's is kept while the encoder does not change.
         A model that cannot be exported (e.g. over ONNX's 2 GB limit) falls back to PyTorch."""
         if self.runtime != "onnxruntime":
@@ -226,14 +192,14 @@ class SamEngine:
         prefix = f"{self.encoder_version}:{self.runtime}:"
         keys = [prefix + hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in inputs]
         found = {key: self.cache.get(key) for key in keys}
-        todo = {key: x for key, x in zip(keys, inputs) if found[key] is None}
+        todo = {key: x for key, x in zip(keys, inputs, strict=True) if found[key] is None}
         while todo:
             mine, theirs = self._claim(list(todo))
             for start in range(0, len(mine), self.encoder_batch):
                 batch = mine[start : start + self.encoder_batch]
                 try:
                     embeddings = self._encode(torch.stack([todo[key] for key in batch]), background)
-                    for key, embedding in zip(batch, embeddings):
+                    for key, embedding in zip(batch, embeddings, strict=True):
                         found[key] = embedding[None].clone() if len(batch) > 1 else embedding[None]
                         self.cache.put(key, found[key])
                 finally:
@@ -271,7 +237,12 @@ class SamEngine:
                     embeddings = self.model.image_encoder(images.to(self.device)).float()
         with self._inflight_lock:
             self.encoder_runs += len(images)
+        self._thread_runs.count = self.thread_encoder_runs() + len(images)
         return embeddings
+
+    def thread_encoder_runs(self) -> int:
+        """Encoder runs made by the calling thread (one request's own, not the prefetcher's or the scorer's)."""
+        return getattr(self._thread_runs, "count", 0)
 
     def _autocast(self):
         if self.autocast_dtype is None:

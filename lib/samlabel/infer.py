@@ -1,6 +1,7 @@
 """MONAI Label infer tasks ``sam_2d`` and ``sam_3d``: BasicInferTask's pipeline with SAM as the inferer.
 
-MONAI's ``LoadImaged`` reads the volume (array in IJK order, with its affine); ``run_inferer`` turns
+MONAI's ``LoadImaged`` reads the volume (array in IJK order, with its affine; cached between clicks by
+:class:`~samlabel.image_cache.CachedLoadImaged`); ``run_inferer`` turns
 the viewer's prompt into a label volume of the image's shape; BasicInferTask's writer saves it with
 the image's affine.
 """
@@ -13,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from monai.data import MetaTensor
-from monai.transforms import LoadImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
@@ -21,6 +21,7 @@ from samlabel.adapter_versions import AdapterVersions
 from samlabel.config import AppConfig
 from samlabel.engine import SamEngine
 from samlabel.geometry import put_slice
+from samlabel.image_cache import CachedLoadImaged
 from samlabel.preprocess import normalize_volume
 from samlabel.prompts import PromptError, parse_prompt
 from samlabel.propagation import PropagationSettings, propagate
@@ -33,7 +34,13 @@ class SamInferTask(BasicInferTask):
     dimension_of_task = 2
 
     def __init__(
-        self, engine: SamEngine, store: RefinementStore, cfg: AppConfig, versions: AdapterVersions, description: str
+        self,
+        engine: SamEngine,
+        store: RefinementStore,
+        loader: CachedLoadImaged,
+        cfg: AppConfig,
+        versions: AdapterVersions,
+        description: str,
     ):
         super().__init__(
             path=str(engine.weights_path),
@@ -48,12 +55,14 @@ class SamInferTask(BasicInferTask):
         self.store = store
         self.cfg = cfg
         self.versions = versions
+        self.loader = loader  # shared by sam_2d and sam_3d
+        self._last_normalised: tuple[Any, np.ndarray] | None = None
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "model_version": self.engine.version}
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [LoadImaged(keys="image", image_only=True)]
+        return [self.loader]
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
@@ -61,15 +70,25 @@ class SamInferTask(BasicInferTask):
     def grow(self, volume01: np.ndarray, k0: int, start, k_range) -> dict[int, np.ndarray]:
         return {k0: start.mask}
 
+    def normalised(self, image: Any, volume: np.ndarray) -> np.ndarray:
+        """``volume`` in [0, 1]. The loader hands out the same object for the same file, so clicks on one
+        image normalise it once (percentiles over a large MR volume take seconds)."""
+        last = self._last_normalised
+        if last is not None and last[0] is image:
+            return last[1]
+        volume01 = normalize_volume(volume, **self.cfg.intensity)
+        self._last_normalised = (image, volume01)
+        return volume01
+
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu") -> dict[str, Any]:
         self.engine.use_adapter(self.versions.served().adapter)  # a newly published or rolled-back version
-        began, runs_before = time.perf_counter(), self.engine.encoder_runs
+        began, runs_before = time.perf_counter(), self.engine.thread_encoder_runs()
         image = data["image"]
         volume = np.asarray(image.array if isinstance(image, MetaTensor) else image)
         if volume.ndim != 3:
             raise PromptError(f"sam tasks need a 3-D image, got shape {list(volume.shape)}")
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
-        volume01 = normalize_volume(volume, **self.cfg.intensity)
+        volume01 = self.normalised(image, volume)
 
         start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
         masks = self.grow(volume01, prompt.slice, start, prompt.k_range)
@@ -91,7 +110,7 @@ class SamInferTask(BasicInferTask):
             "slices": [min(masks), max(masks)],
             "refined": refined,
             "iou": round(start.iou, 4),
-            "encoder_runs": self.engine.encoder_runs - runs_before,
+            "encoder_runs": self.engine.thread_encoder_runs() - runs_before,
             "sam_seconds": round(time.perf_counter() - began, 3),
         }
         return data

@@ -68,8 +68,8 @@ class Prefetcher:
                     return False
         return True
 
-    def status(self) -> dict[str, int]:
-        return {"slices": self.slices, "pending": self.pending()}
+    def status(self) -> dict[str, int | bool]:
+        return {"slices": self.slices, "pending": self.pending(), "working": self._working}
 
     def _run(self) -> None:
         while True:

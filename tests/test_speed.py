@@ -1,9 +1,14 @@
-"""The fast paths change speed, never results: ONNX Runtime vs PyTorch, prefetch, batched propagation.
+"""The fast paths change speed, never results: ONNX Runtime vs PyTorch, prefetch, batched propagation,
+the image cache.
 
 Real LiteMedSAM weights with the shipped click adapter, on a CT phantom. No timings are asserted here:
 they live in ``scripts/benchmark``.
 """
 
+import os
+import time
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -12,6 +17,7 @@ from samlabel.config import load_app_config, load_model_config
 from samlabel.engine import SamEngine
 from samlabel.evaluation import roi_of
 from samlabel.geometry import mask_box
+from samlabel.image_cache import CachedLoadImaged
 from samlabel.prefetch import nearest_slices
 from samlabel.preprocess import normalize_volume
 from samlabel.prompts import parse_prompt
@@ -114,3 +120,30 @@ def test_batched_and_unbatched_propagation_give_the_same_masks(torch_engine, pha
     assert len(unbatched_masks) >= 10 and sorted(unbatched_masks) == sorted(batched_masks)
     differing = sum(int((unbatched_masks[k] != batched_masks[k]).sum()) for k in unbatched_masks)
     assert differing <= len(unbatched_masks), "batching may move a boundary pixel, never a mask"
+
+
+def test_image_cache_reads_a_file_once_until_it_changes(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    image, _ = make_ct_phantom(1)
+    nib.save(image, path)
+    loader = CachedLoadImaged("image", max_bytes=2**30)
+    first = loader({"image": str(path)})["image"]
+    assert loader({"image": str(path)})["image"] is first, "a second click reuses the volume read for the first"
+    changed = np.asarray(image.dataobj) + 100
+    nib.save(nib.Nifti1Image(changed, image.affine), path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    reread = loader({"image": str(path)})["image"]
+    assert reread is not first and np.allclose(np.asarray(reread), changed)
+    small = CachedLoadImaged("image", max_bytes=1000)  # smaller than one volume: never kept
+    assert small({"image": str(path)})["image"] is not small({"image": str(path)})["image"]
+
+
+def test_bf16_autocast_segments_like_fp32(torch_engine, phantom):
+    """The GPU setting ``precision bf16`` (run here on CPU, where autocast works too) keeps the mask."""
+    volume01, truth = phantom
+    bf16 = make_engine(runtime="torch", precision="bf16", prefetch_slices=0)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    for points, labels, box in click_prompts(bf16, volume01, truth, k)[::2]:  # a click, a box
+        expected, got = (e.segment(volume01, k, points, labels, box) for e in (torch_engine, bf16))
+        overlap = 2 * (expected.mask & got.mask).sum() / (expected.mask.sum() + got.mask.sum())
+        assert got.logits.dtype == torch.float32 and overlap > 0.95

@@ -203,7 +203,52 @@ def ratios(ours: dict[str, Any], baseline_p50_ms: float) -> dict[str, float]:
     return {path: round(baseline_p50_ms / r["round_trip"]["p50_ms"], 1) for path, r in ours.items()}
 
 
-def environment(device: str = "cpu") -> dict[str, Any]:
+def encoder_throughput(model_name: str, img_size: int, passes: int, batch: int) -> dict[str, float]:
+    """Image-encoder slices per second in-process: PyTorch fp32 (and bf16 autocast on a GPU, batched),
+    and ONNX Runtime on CPU. Random inputs and weights: the speed does not depend on them."""
+    import torch
+
+    from samlabel.models import build_model
+    from samlabel.onnx_sam import OnnxEncoder, onnxruntime_available
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(model_name, img_size).to(device)
+    batch = batch if device.type == "cuda" else 1  # batching does not pay on CPU
+    x = torch.rand(batch, 3, img_size, img_size, device=device)
+    variants: dict[str, Callable[[], Any]] = {"torch_fp32": lambda: model.image_encoder(x)}
+    if device.type == "cuda":
+        variants["torch_bf16"] = lambda: _autocast_bf16(model.image_encoder, x)
+    elif onnxruntime_available():
+        onnx = OnnxEncoder(model.cpu(), img_size)
+        variants["onnxruntime_fp32"] = lambda: onnx(x)
+    out = {"batch": batch}
+    with torch.inference_mode():
+        for name, run in variants.items():
+            run()  # warm-up
+            _sync(device)
+            began = time.perf_counter()
+            for _ in range(passes):
+                run()
+            _sync(device)
+            out[f"{name}_slices_per_s"] = round(passes * batch / (time.perf_counter() - began), 2)
+    return out
+
+
+def _autocast_bf16(module, x):
+    import torch
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return module(x)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def environment() -> dict[str, Any]:
     import onnxruntime
     import torch
 
@@ -212,7 +257,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{cpu}, {os.cpu_count()} cores"
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu}, {os.cpu_count()} cores"
     return {
         "device": name,
         "torch": torch.__version__,

@@ -2,7 +2,7 @@
 
 The image encoder is the expensive part (about 1-2 s per slice for LiteMedSAM on 2 CPU cores, 28 s for
 ViT-B at 1024²); prompts are cheap (tens of ms). So embeddings are cached by the content of the
-model input (which covers image, slice, preprocessing), the encoder's version and the runtime, in a
+slice (with the preprocessing it implies), the encoder's version and the runtime, in a
 byte-bounded LRU; a :class:`~samlabel.prefetch.Prefetcher` fills it around the last click. On CPU both
 calls run through ONNX Runtime when it is installed (:mod:`samlabel.onnx_sam`), elsewhere PyTorch.
 """
@@ -188,11 +188,9 @@ class SamEngine:
         not encoded twice. ``background`` calls do not take the foreground lock, so a click is never
         queued behind a prefetched slice.
         """
-        inputs = [self.model_input(volume01, k) for k in ks]
-        prefix = f"{self.encoder_version}:{self.runtime}:"
-        keys = [prefix + hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in inputs]
+        keys = [self._embedding_key(volume01, k) for k in ks]
         found = {key: self.cache.get(key) for key in keys}
-        todo = {key: x for key, x in zip(keys, inputs, strict=True) if found[key] is None}
+        todo = {key: self.model_input(volume01, k) for key, k in zip(keys, ks, strict=True) if found[key] is None}
         while todo:
             mine, theirs = self._claim(list(todo))
             for start in range(0, len(mine), self.encoder_batch):
@@ -209,6 +207,13 @@ class SamEngine:
                 found[key] = self.cache.get(key)
             todo = {key: todo[key] for key in todo if found[key] is None}  # evicted meanwhile: encode here
         return [found[key] for key in keys]
+
+    def _embedding_key(self, volume01: np.ndarray, k: int) -> str:
+        """The encoder's version and runtime, and the slice's content and shape: together they fix the
+        model input (resizing and normalisation depend only on those), which is built only on a miss."""
+        plane = volume_slice(volume01, k)
+        digest = hashlib.sha1(plane.tobytes()).hexdigest()
+        return f"{self.encoder_version}:{self.runtime}:{plane.shape}:{plane.dtype}:{digest}"
 
     def _claim(self, keys: list[str]) -> tuple[list[str], dict[str, threading.Event]]:
         """Split ``keys`` into those this thread will encode and those another thread is encoding."""

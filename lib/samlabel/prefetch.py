@@ -48,7 +48,7 @@ class Prefetcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sam-prefetch", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            self._wake.notify_all()  # wakes the worker even when wait_idle() is waiting too
 
     def cancel(self) -> None:
         with self._wake:

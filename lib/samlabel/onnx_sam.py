@@ -1,4 +1,4 @@
-"""SAM inference through ONNX Runtime: about twice PyTorch eager's speed on CPU, the same masks.
+"""SAM inference through ONNX Runtime: about 1.5x PyTorch eager's speed on CPU, the same masks.
 
 The served PyTorch model (base weights + adapter) is exported in memory to two ONNX graphs: the image
 encoder, and the prompt encoder + mask decoder. Training and GPU serving stay on PyTorch; this only

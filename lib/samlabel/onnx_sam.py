@@ -61,19 +61,19 @@ def unified_prompts(
     points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(coords BxNx2, labels BxN)`` in the order SAM's prompt encoder embeds points and boxes."""
+    if points is None and boxes is None:
+        raise ValueError("a SAM prompt needs points or a box")
     coords, labels = [], []
     if points is not None:
         coords.append(points[0].float().cpu().numpy())
         labels.append(points[1].float().cpu().numpy())
-    batch = len((coords or [boxes])[0])
+    batch = len(points[0]) if points is not None else len(boxes)
     if boxes is not None:
         coords.append(boxes.float().cpu().numpy().reshape(-1, 2, 2))
         labels.append(np.tile(np.array([[2.0, 3.0]], dtype=np.float32), (batch, 1)))
-    elif points is not None:
+    else:  # clicks alone get SAM's padding point
         coords.append(np.zeros((batch, 1, 2), dtype=np.float32))
         labels.append(-np.ones((batch, 1), dtype=np.float32))
-    if not coords:
-        raise ValueError("a SAM prompt needs points or a box")
     return np.concatenate(coords, axis=1).astype(np.float32), np.concatenate(labels, axis=1).astype(np.float32)
 
 
@@ -157,7 +157,7 @@ class OnnxDecoder:
             masks = np.zeros((batch, 1, *self.mask_size), dtype=np.float32)
             has_mask = np.zeros(1, dtype=np.float32)
         else:
-            masks = mask_input.float().cpu().numpy().astype(np.float32, copy=False)
+            masks = mask_input.float().cpu().numpy()
             has_mask = np.ones(1, dtype=np.float32)
         feed = {
             "embedding": embedding.float().cpu().numpy(),

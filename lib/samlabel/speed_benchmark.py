@@ -26,6 +26,7 @@ from monailabel.client import MONAILabelClient
 
 from samlabel.evaluation import roi_of
 from samlabel.round_simulation import TRAINER, Server
+from samlabel.server_evaluation import percentiles
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,19 @@ def benchmark_volume(depth: int, seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1
     return nib.Nifti1Image(image, affine), nib.Nifti1Image(label, affine)
 
 
-def write_volumes(studies: Path, specs: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
-    """Write ``{image_id: (depth, seed)}`` into ``studies``; returns each image's label array."""
+def write_volumes(
+    studies: Path, specs: dict[str, tuple[int, int]], truth_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """Write ``{image_id: (depth, seed)}`` into ``studies`` (and their labels into ``truth_dir``);
+    returns each image's label array."""
     studies.mkdir(parents=True, exist_ok=True)
     labels = {}
     for image_id, (depth, seed) in specs.items():
         image, label = benchmark_volume(depth, seed)
         nib.save(image, studies / f"{image_id}.nii.gz")
+        if truth_dir is not None:
+            truth_dir.mkdir(parents=True, exist_ok=True)
+            nib.save(label, truth_dir / f"{image_id}.nii.gz")
         labels[image_id] = np.asarray(label.dataobj)
     return labels
 
@@ -116,8 +123,9 @@ class Timer:
 
 
 def ms_percentiles(seconds: list[float]) -> dict[str, float]:
-    p50, p95 = np.percentile(np.asarray(seconds) * 1000, [50, 95])
-    return {"p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}
+    """:func:`~samlabel.server_evaluation.percentiles` of ``seconds``, named as milliseconds."""
+    p = percentiles([1000 * s for s in seconds])
+    return {"p50_ms": p["p50"], "p95_ms": p["p95"]}
 
 
 def click_paths(timer: Timer, image: str, label: np.ndarray, slices: list[int], further: int) -> None:

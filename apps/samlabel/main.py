@@ -9,18 +9,22 @@ from pathlib import Path
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
-from monailabel.utils.async_tasks.task import AsyncTask
-from monailabel.utils.async_tasks.utils import tasks
 
 from samlabel.adapter_versions import AdapterVersions, start_record
+from samlabel.auth import install_token_check
 from samlabel.config import load_app_config, load_model_config
+from samlabel.cors import restrict_cors
+from samlabel.datastore import SafeLocalDatastore
 from samlabel.engine import SamEngine
 from samlabel.image_cache import CachedLoadImaged
 from samlabel.infer import Sam2DInfer, Sam3DInfer
 from samlabel.refinement import RefinementStore
+from samlabel.request_limits import BodyLimit
+from samlabel.routes import install_routes
 from samlabel.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.server_errors import checked_infer
 from samlabel.strategy import RandomStrategy, SamUncertaintyStrategy
+from samlabel.training.runs import start_training, training_running
 from samlabel.training.task import SamAdapterTrain
 from samlabel.training.trigger import TrainTrigger
 from samlabel.versions_api import versions_router
@@ -35,12 +39,12 @@ class SamLabelApp(MONAILabelApp):
         self.model_dir = self.cfg.model_dir or os.path.join(app_dir, "model")
         self.trainer_dir = Path(self.model_dir) / "sam_adapter"
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
-        self.engine = self.make_engine(self.versions.served().adapter)
+        self.engine = SamEngine(self.model_cfg, self.cfg, self.versions.served().adapter, fallback="default")
         self.refinements = RefinementStore()
         self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
         self.trigger = TrainTrigger(
-            self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.training_running
+            self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, training_running
         )
         super().__init__(
             app_dir=app_dir,
@@ -53,12 +57,20 @@ class SamLabelApp(MONAILabelApp):
         )
         self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
 
-    def make_engine(self, adapter: str, runtime: str | None = None) -> SamEngine:
-        return SamEngine(self.model_cfg, self.cfg, adapter, runtime)
-
     def make_training_engine(self, adapter: str) -> SamEngine:
         """Training needs PyTorch's autograd, whatever runtime serves."""
-        return self.make_engine(adapter, "torch")
+        return SamEngine(self.model_cfg, self.cfg, adapter, "torch")
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SafeLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            label_values=set(self.cfg.label_values.values()),
+        )
 
     def info(self):
         return {**super().info(), "engine": self.engine.status()}
@@ -96,6 +108,11 @@ class SamLabelApp(MONAILabelApp):
         from monailabel.app import app as server  # the running FastAPI app: only imported in the server
 
         server.include_router(versions_router(self.versions), prefix=settings.MONAI_LABEL_API_STR)
+        install_routes(server, self.cfg.max_params_kb * 1024)
+        install_token_check()
+        stack = server.middleware_stack or server.build_middleware_stack()
+        restrict_cors(stack, self.cfg.allowed_origins)
+        server.middleware_stack = BodyLimit(stack, self.cfg.max_upload_mb * 2**20)
         self.trigger.start()
 
     def on_save_label(self, image_id, label_id):
@@ -104,11 +121,7 @@ class SamLabelApp(MONAILabelApp):
         return {"training": self.trigger.label_saved(image_id, saved_at)} if saved_at else {}
 
     def start_fine_tuning(self) -> bool:
-        task, detail = AsyncTask.run("train", request={"model": "sam_adapter", "name": "auto"})
+        task, why = start_training({"model": "sam_adapter", "name": "auto"})
         if task is None:
-            logger.info("fine-tuning not started now: %s", detail)
+            logger.info("fine-tuning not started now: %s", why)
         return task is not None
-
-    @staticmethod
-    def training_running() -> bool:
-        return any(task["status"] in ("SUBMITTED", "RUNNING") for task in tasks("train"))

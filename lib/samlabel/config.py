@@ -61,12 +61,20 @@ class AppConfig:
     train_every: int
     publish_tolerance: float
     activelearning_lease: int
+    max_upload_mb: int
+    max_params_kb: int
+    cors_origins: str
     train: dict[str, Any]  # the sam_adapter trainer's request defaults
 
     @property
     def intensity(self) -> dict[str, Any]:
         """The keyword arguments of :func:`samlabel.preprocess.normalize_volume` this config asks for."""
         return {"modality": self.modality, "ct_window": self.ct_window, "mr_percentiles": self.mr_percentiles}
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """Browser origins allowed to call the server from other pages (none by default)."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def label_values(self) -> dict[str, int]:
@@ -125,6 +133,8 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
         raise ConfigError("--conf encoder_batch and prefetch_slices must be >= 0")
     if not cfg.labels:
         raise ConfigError("--conf labels: give at least one label name")
+    if cfg.max_upload_mb < 1 or cfg.max_params_kb < 1:
+        raise ConfigError("--conf max_upload_mb and max_params_kb must be >= 1")
     if cfg.train_every < 0 or cfg.publish_tolerance < 0:
         raise ConfigError("--conf train_every and publish_tolerance must be >= 0")
     return cfg

@@ -91,8 +91,14 @@ class SamEngine:
     """
 
     def __init__(
-        self, model_cfg: ModelConfig, app_cfg: AppConfig, adapter: str | None = None, runtime: str | None = None
+        self,
+        model_cfg: ModelConfig,
+        app_cfg: AppConfig,
+        adapter: str | None = None,
+        runtime: str | None = None,
+        fallback: str | None = None,
     ):
+        """``fallback``: the adapter to serve when ``adapter`` cannot be loaded (None: raise)."""
         self.model_cfg = model_cfg
         self.device = pick_device(app_cfg.device)
         self.runtime = pick_runtime(runtime or app_cfg.runtime, self.device, app_cfg.precision)
@@ -110,18 +116,28 @@ class SamEngine:
         self._thread_runs = threading.local()
         self._onnx_encoder: tuple[str, OnnxEncoder] | None = None
         self._onnx_decoder: OnnxDecoder | None = None
-        self.serve_adapter(adapter or app_cfg.adapter)
+        self.refused: dict[str, str] = {}  # adapter choices that could not be loaded, with why
+        choice = adapter or app_cfg.adapter
+        try:
+            self.serve_adapter(choice)
+        except AdapterError as e:  # e.g. a corrupt file, or a model_dir made for other weights
+            if fallback is None:
+                raise
+            logger.error("cannot serve adapter %s (%s); serving %r instead", choice, e, fallback)
+            self.refused[choice] = str(e)
+            self.serve_adapter(fallback)
 
     def use_adapter(self, choice: str) -> None:
         """Serve ``choice`` unless it is served already: cheap, so it is called before every request.
-        An adapter that cannot be loaded is logged and the current one stays."""
+        An adapter that cannot be loaded is logged once and the current one stays."""
         with self._swap_lock:
-            if choice == self.adapter_choice:
+            if choice == self.adapter_choice or choice in self.refused:
                 return
             try:
                 self.serve_adapter(choice)
             except AdapterError as e:
-                logger.error("keeping %s: %s", self.version, e)
+                logger.error("refusing adapter %s, keeping %s: %s", choice, self.version, e)
+                self.refused[choice] = str(e)
 
     def serve_adapter(self, choice: str) -> None:
         """Serve the base weights with ``choice``: ``default`` (the model config's shipped adapter, if it
@@ -282,6 +298,7 @@ class SamEngine:
             "runtime": self.runtime,
             "device": str(self.device),
             "encoder_runs": self.encoder_runs,
+            "refused_adapters": dict(self.refused),
             "cache": {"entries": len(self.cache), "bytes": self.cache.bytes, "max_bytes": self.cache.max_bytes},
             "prefetch": self.prefetcher.status(),
         }

@@ -23,23 +23,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(studies: Path, log: Path, *conf: str) -> tuple[subprocess.Popen, str]:
+def start_server(
+    studies: Path, log: Path, *conf: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start the app with the real ``monailabel`` CLI from this venv; wait until ``/info/`` answers."""
     port = free_port()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     args = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
     args += ["--host", "127.0.0.1", "--port", str(port)]
     for i in range(0, len(conf), 2):
         args += ["--conf", conf[i], conf[i + 1]]
-    proc = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return _wait_until_up(
+        subprocess.Popen(args, env=_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT), port, log
+    )
+
+
+def start_serve_script(studies: Path, log: Path, *args: str, env: dict[str, str] | None = None):
+    """Start the server the way the README does, with ``scripts/serve`` (its own host default)."""
+    port = free_port()
+    env = _env({**(env or {}), "SAMLABEL_STUDIES": str(studies), "SAMLABEL_PORT": str(port)})
+    cmd = [str(APP_DIR.parents[1] / "scripts" / "serve"), *args]
+    return _wait_until_up(subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT), port, log)
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {}))
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    return env
+
+
+def _wait_until_up(proc: subprocess.Popen, port: int, log: Path) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if requests.get(f"{url}/info/", timeout=5).ok:
+            if requests.get(f"{url}/info/", timeout=5).status_code < 500:  # 401 when auth is on
                 return proc, url
         except requests.ConnectionError:
             pass

@@ -79,13 +79,15 @@ def unified_prompts(
 
 def _session(graph: bytes, memory_arena: bool):
     """An ONNX Runtime CPU session. The encoder runs without ORT's memory arena, which otherwise keeps
-    its large activations (about 0.5 GB for TinyViT at 256²) for the life of the server."""
+    its large activations (about 0.5 GB for TinyViT at 256²) for the life of the server. Idle worker
+    threads sleep instead of spinning, so they leave the CPU to the server's other requests."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = memory_arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 

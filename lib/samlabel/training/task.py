@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -48,6 +49,9 @@ def load_pair(item: dict[str, str], cfg: AppConfig) -> tuple[str, np.ndarray, np
     if label.shape != volume.shape:
         raise ValueError(f"label {item['label']} has shape {label.shape}, image {volume.shape}")
     return image_id(item["image"]), normalize_volume(volume, **cfg.intensity), label
+
+
+TRAINING_NICENESS = 10  # lower CPU priority of the training subprocess
 
 
 class SamAdapterTrain(BasicTrainTask):
@@ -86,6 +90,7 @@ class SamAdapterTrain(BasicTrainTask):
         return None  # validation runs the serving path (simulated clicks through SamEngine), see loop.validate
 
     def train(self, rank, world_size, request, datalist):
+        os.nice(TRAINING_NICENESS)  # the run is background work: annotators' clicks come first
         context = Context()
         context.request, context.datalist, context.local_rank = request, datalist, rank
         train_list, val_list = self.partition_datalist(context)

@@ -9,6 +9,7 @@ rebuilds a corrupt index from the files on disk.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -83,14 +85,31 @@ def check_label_file(label_path: str | Path, image_path: str | Path, allowed_val
     dtype = label.get_data_dtype()
     if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
         raise DatastoreError(f"label voxels must be integers, got {dtype}")
+    expected = int(label.header["vox_offset"]) + int(np.prod(shape)) * dtype.itemsize
+    if str(label_path).endswith(".gz"):
+        _check_whole_gzip(label_path, expected + 2**20)  # room for header extensions
     try:
         data = np.asanyarray(label.dataobj)
-    except Exception as e:  # noqa: BLE001 - truncated or corrupt compressed data
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt data
         raise DatastoreError(f"the label file is truncated or corrupt: {e}") from e
     if allowed_values is not None:
         unknown = sorted(set(np.unique(data).tolist()) - allowed_values - {0})
         if unknown:
             raise DatastoreError(f"label values {unknown[:10]} are not labels of this app ({sorted(allowed_values)})")
+
+
+def _check_whole_gzip(path: str | Path, max_bytes: int) -> None:
+    """Read the whole gzip stream in chunks: its end marker and checksum prove the upload arrived whole
+    (nibabel stops reading once it has the voxels), and it may not inflate past what the header says."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(2**20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise DatastoreError("the label inflates to more data than its header declares")
+    except (EOFError, OSError, zlib.error) as e:
+        raise DatastoreError(f"the label file is truncated or corrupt: {e}") from e
 
 
 def _copy(source: str) -> callable:

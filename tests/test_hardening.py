@@ -114,6 +114,12 @@ def test_oversized_bodies_and_params_get_413(hard):
     assert requests.get(f"{hard['url']}/info/", timeout=10).ok
 
 
+def test_an_unknown_session_is_a_404(hard):
+    params = {"session_id": "no-such"}
+    answer = requests.post(f"{hard['url']}/infer/sam_2d", params=params, files={"params": (None, "{}")})
+    assert answer.status_code == 404 and "session" in answer.json()["detail"]
+
+
 def test_a_symlink_in_the_labels_folder_is_replaced_not_written_through(hard, tmp_path):
     outside = tmp_path / "outside.nii.gz"
     outside.write_bytes(b"not to be touched")

@@ -141,7 +141,7 @@ def test_saves_during_a_run_lead_to_one_more_run_not_overlapping_ones(server, cl
     assert set(versions(server)["versions"][-1]["labels"]) == set(IMAGES), "the extra run saw every saved label"
 
 
-def test_a_restart_serves_the_same_version_and_the_script_lists_it(server, client, setup):
+def test_a_restart_serves_the_same_version_and_every_label_even_with_a_corrupt_index(server, client, setup):
     served = versions(server)["served"]
     listing = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "adapter_versions"), "--server", server, "list"],
@@ -151,9 +151,13 @@ def test_a_restart_serves_the_same_version_and_the_script_lists_it(server, clien
     ).stdout
     assert served in listing and "rejected" in listing
 
+    labelled = sorted(p.name for p in (setup / "studies" / "labels" / "final").glob("*.nii.gz"))
+    (setup / "studies" / "datastore_v2.json").write_text('{"objects": {"half')  # a crash mid-rewrite
     proc, url = start_server(setup / "studies", setup / "restart.log", *SERVER_CONF, "model_dir", str(setup / "model"))
     try:
         again = MONAILabelClient(url, tmpdir=str(setup / "client"))
         assert versions(url)["served"] == served and served_by_infer(again) == served
+        index = requests.get(f"{url}/datastore/?output=all", timeout=10).json()["objects"]
+        assert sorted(f"{i}.nii.gz" for i, o in index.items() if "final" in o["labels"]) == labelled, "index rebuilt"
     finally:
         stop_server(proc)

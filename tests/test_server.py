@@ -153,6 +153,15 @@ def test_second_request_on_a_slice_reuses_the_embedding(client, liver):
         (IMAGE, "sam_2d", {"foreground": [], "background": []}, 422, "empty prompt"),
         (IMAGE, "sam_2d", {"roi": [1, 2, 3]}, 422, "roi"),
         (IMAGE, "sam_2d", {"foreground": [[1, 1, 1]], "label": "heart"}, 422, "unknown label"),
+        ("../studies/" + IMAGE, "sam_2d", {"foreground": [[1, 1, 1]]}, 404, "not in the datastore"),
+        ("/etc/hostname", "sam_2d", {"foreground": [[1, 1, 1]]}, 404, "not in the datastore"),
+        (IMAGE, "sam_2d", {"foreground": [[float("nan"), 1, 1]]}, 422, "finite number"),
+        (IMAGE, "sam_2d", {"foreground": [[1.5, 1, 1]]}, 422, "integer voxel index"),
+        (IMAGE, "sam_2d", {"foreground": [[-1, 1, 1]]}, 422, "outside the image"),
+        (IMAGE, "sam_2d", {"foreground": [[1, 1]]}, 422, "must be [i, j, k]"),
+        (IMAGE, "sam_2d", {"foreground": [[1, 1, 1]] * 10_000}, 422, "at most"),
+        (IMAGE, "sam_2d", {"roi": ["a", 2, 3, 4, 5, 6]}, 422, "roi"),
+        (IMAGE, "sam_2d", {"roi": [900, 950, 900, 950, 1, 2]}, 422, "outside the image"),
     ],
 )
 def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(server, client, image, model, params, status, message):

@@ -101,6 +101,11 @@ def test_bad_label_uploads_get_a_4xx_and_nothing_is_written(hard):
     for image, data, name, tag, status, message in BAD_LABELS:
         answer = put_label(hard["url"], image, data, name, tag)
         assert answer.status_code == status and message in answer.json()["detail"], (name, tag, answer.text)
+    for image_id, name, data in [("../evil", "x.nii.gz", label_bytes()), ("fine", "x.nii.gz", b"garbage")]:
+        upload = requests.put(
+            f"{hard['url']}/datastore/image", params={"image": image_id}, files={"file": (name, data)}, timeout=60
+        )
+        assert upload.status_code == 422, upload.text
     assert snapshot(hard["studies"]) == before
     assert not (hard["studies"].parent / "evil").exists() and not Path("/tmp/evil").exists()
 

@@ -33,6 +33,8 @@ from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, pre
 from samlabel.training.samples import augmentation, slice_samples
 from samlabel.training.step import InteractiveLoss
 
+TRAINING_NICENESS = 10  # lower CPU priority of the training subprocess
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,9 +51,6 @@ def load_pair(item: dict[str, str], cfg: AppConfig) -> tuple[str, np.ndarray, np
     if label.shape != volume.shape:
         raise ValueError(f"label {item['label']} has shape {label.shape}, image {volume.shape}")
     return image_id(item["image"]), normalize_volume(volume, **cfg.intensity), label
-
-
-TRAINING_NICENESS = 10  # lower CPU priority of the training subprocess
 
 
 class SamAdapterTrain(BasicTrainTask):

@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -112,7 +113,7 @@ def _check_whole_gzip(path: str | Path, max_bytes: int) -> None:
         raise DatastoreError(f"the label file is truncated or corrupt: {e}") from e
 
 
-def _copy(source: str) -> callable:
+def _copy(source: str) -> Callable[[Path], None]:
     return lambda tmp: shutil.copyfile(source, tmp)
 
 

@@ -234,17 +234,7 @@ def versions(url: str) -> dict:
     return requests.get(f"{url}/adapter/versions", timeout=10).json()
 
 
-def wait_for_run(url: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = requests.get(f"{url}/train/", timeout=10).json()
-        if status.get("status") not in ("SUBMITTED", "RUNNING"):
-            return status
-        time.sleep(1)
-    raise TimeoutError(status)
-
-
-def test_training_faults_leave_the_served_adapter_and_the_server_alone(hard):
+def test_training_faults_leave_the_served_adapter_and_the_server_alone(hard, wait_for_training, tmp_path):
     url, before = hard["url"], versions(hard["url"])
     start = f"{url}/train/sam_adapter"
     with ThreadPoolExecutor(2) as pool:  # two requests at once: one run
@@ -252,7 +242,7 @@ def test_training_faults_leave_the_served_adapter_and_the_server_alone(hard):
     assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
     assert "already" in next(a for a in answers if a.status_code == 409).json()["detail"]
 
-    failed = wait_for_run(url)  # the run raises on its bad setting
+    failed = wait_for_training(MONAILabelClient(url, tmpdir=str(tmp_path)), 300)  # it raises on its bad setting
     assert failed["status"] == "ERROR" and any("fast" in line for line in failed["details"]), failed
     assert versions(url) == before and requests.get(f"{url}/info/", timeout=10).ok
 

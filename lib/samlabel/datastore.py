@@ -10,7 +10,6 @@ rebuilds a corrupt index from the files on disk.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
-from samlabel.atomic_write import atomic_write
+from samlabel.atomic_write import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +167,7 @@ class SafeLocalDatastore(LocalDatastore):
 
     def _write_index(self) -> None:
         self._ignore_event_config = True
-        text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-        atomic_write(Path(self._datastore_config_path), lambda tmp: tmp.write_text(text))
+        write_json(Path(self._datastore_config_path), self._datastore.model_dump(mode="json", exclude={"base_path"}))
         self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
     def _init_from_datastore_file(self, throw_exception=False):

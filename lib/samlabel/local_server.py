@@ -32,26 +32,21 @@ def start_server(
     args += ["--host", "127.0.0.1", "--port", str(port)]
     for i in range(0, len(conf), 2):
         args += ["--conf", conf[i], conf[i + 1]]
-    return _wait_until_up(
-        subprocess.Popen(args, env=_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT), port, log
-    )
+    return _launch(args, env or {}, port, log)
 
 
 def start_serve_script(studies: Path, log: Path, *args: str, env: dict[str, str] | None = None):
     """Start the server the way the README does, with ``scripts/serve`` (its own host default)."""
     port = free_port()
-    env = _env({**(env or {}), "SAMLABEL_STUDIES": str(studies), "SAMLABEL_PORT": str(port)})
-    cmd = [str(APP_DIR.parents[1] / "scripts" / "serve"), *args]
-    return _wait_until_up(subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT), port, log)
+    env = {**(env or {}), "SAMLABEL_STUDIES": str(studies), "SAMLABEL_PORT": str(port)}
+    return _launch([str(APP_DIR.parents[1] / "scripts" / "serve"), *args], env, port, log)
 
 
-def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {}))
+def _launch(cmd: list[str], extra_env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """Run ``cmd`` with this venv first on PATH, logging to ``log``; wait until ``/info/`` answers."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra_env)
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-    return env
-
-
-def _wait_until_up(proc: subprocess.Popen, port: int, log: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

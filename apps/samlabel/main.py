@@ -18,6 +18,7 @@ from samlabel.datastore import SafeLocalDatastore
 from samlabel.engine import SamEngine
 from samlabel.image_cache import CachedLoadImaged
 from samlabel.infer import Sam2DInfer, Sam3DInfer
+from samlabel.pacs_datastore import PacsDatastore, pacs_cache_dir, pacs_client, pacs_credentials
 from samlabel.refinement import RefinementStore
 from samlabel.request_limits import BodyLimit
 from samlabel.routes import install_routes
@@ -63,7 +64,12 @@ class SamLabelApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            return PacsDatastore(
+                pacs_client(self.studies, self.cfg.pacs_timeout_s, *pacs_credentials()),
+                pacs_cache_dir(self.studies),
+                self.cfg.label_values,
+                set(self.cfg.pacs_modalities),
+            )
         return SafeLocalDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,

@@ -64,6 +64,8 @@ class AppConfig:
     max_upload_mb: int
     max_params_kb: int
     cors_origins: str
+    pacs_timeout_s: float
+    pacs_modalities: tuple[str, ...]
     train: dict[str, Any]  # the sam_adapter trainer's request defaults
 
     @property
@@ -135,6 +137,8 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
         raise ConfigError("--conf labels: give at least one label name")
     if cfg.max_upload_mb < 1 or cfg.max_params_kb < 1:
         raise ConfigError("--conf max_upload_mb and max_params_kb must be >= 1")
+    if cfg.pacs_timeout_s <= 0 or not cfg.pacs_modalities:
+        raise ConfigError("--conf pacs_timeout_s must be > 0 and pacs_modalities must name at least one modality")
     if cfg.train_every < 0 or cfg.publish_tolerance < 0:
         raise ConfigError("--conf train_every and publish_tolerance must be >= 0")
     return cfg

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from samlabel.datastore import DatastoreError
 from samlabel.prompts import PromptError
 
 
@@ -30,7 +31,11 @@ def checked_infer(infer: Callable[..., Any], tasks: dict, datastore, request: di
     image = request.get("image")
     if not isinstance(image, str) or not image:
         raise HTTPException(status_code=422, detail="no image id given")
-    if not request.get("session") and not _is_upload(image) and not datastore.get_image_uri(image):
+    try:
+        found = request.get("session") or _is_upload(image) or datastore.get_image_uri(image)
+    except DatastoreError as e:  # a bad id, or a PACS that cannot be reached
+        raise HTTPException(status_code=e.status, detail=str(e)) from e
+    if not found:
         raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
     try:
         return infer(request, *args)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from tqdm import tqdm
 
 SOP_CLASS = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -107,3 +109,22 @@ def upload(client, datasets: list[Dataset]) -> None:
     """STOW the instances in batches (``client``: a ``dicomweb_client.DICOMwebClient``)."""
     for start in range(0, len(datasets), UPLOAD_BATCH):
         client.store_instances(datasets[start : start + UPLOAD_BATCH])
+
+
+def nifti_modality(image: nib.Nifti1Image) -> str:
+    """CT when the volume holds air at -500 HU or below (as the app's intensity preprocessing decides)."""
+    return "CT" if float(np.asanyarray(image.dataobj).min()) <= -500 else "MR"
+
+
+def upload_studies(client, studies: list[Path]) -> dict[str, str]:
+    """Export each NIfTI file as one DICOM series of its own patient and study and STOW it.
+
+    Returns file stem -> SeriesInstanceUID (the image id the server and OHIF will use)."""
+    uploaded = {}
+    for n, path in enumerate(tqdm(studies, desc="uploading to the PACS", unit="series")):
+        name = path.name.removesuffix(".gz").removesuffix(".nii")
+        image = nib.load(path)
+        series_uid = uid(name, "series")
+        upload(client, series_datasets(image, nifti_modality(image), name, uid(name, "study"), series_uid, name, n + 1))
+        uploaded[name] = series_uid
+    return uploaded

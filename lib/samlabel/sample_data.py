@@ -267,6 +267,34 @@ def make_mni_brain() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     return _nifti(down(t1).astype(np.float32), aff), _nifti(label, aff)
 
 
+ASYMMETRIC_SHAPE, ASYMMETRIC_SPACING = (96, 80, 24), (1.0, 1.2, 3.0)
+ASYMMETRIC_LABELS: dict[str, int] = {"target": 1, "decoy": 2}
+
+
+def make_asymmetric_phantom(modality: str, flips: tuple[int, int, int]) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """A voxel-order check: a target blob (1) off-centre in all three axes and a decoy (2) at its mirror
+    image through the centre. Any flipped axis moves a click on the target into background or onto the
+    decoy. ``flips`` with an odd number of -1 give a left-handed affine, whose slices DICOM readers
+    order the other way round."""
+    xyz = _coords(ASYMMETRIC_SHAPE, ASYMMETRIC_SPACING, 0.0)
+    x, y, _ = xyz
+    body = np.broadcast_to((x / 44) ** 2 + (y / 44) ** 2 < 1, ASYMMETRIC_SHAPE)
+    target = (_ellipsoid(xyz, (20, 16, 18), (9, 8, 12)) < 1) & body
+    decoy = (_ellipsoid(xyz, (-20, -16, -18), (9, 8, 12)) < 1) & body
+    label = np.zeros(ASYMMETRIC_SHAPE, np.uint8)
+    label[target], label[decoy] = 1, 2
+    rng = np.random.default_rng(7)
+    if modality == "CT":
+        levels, noise, dtype = (-1000.0, 0.0, 120.0, 200.0), 12.0, np.int16
+    else:
+        levels, noise, dtype = (0.0, 300.0, 800.0, 550.0), 20.0, np.uint16
+    value = np.full(ASYMMETRIC_SHAPE, levels[0])
+    value[body], value[target], value[decoy] = levels[1], levels[2], levels[3]
+    value = ndimage.gaussian_filter(value, 0.6) + rng.normal(0.0, noise, ASYMMETRIC_SHAPE)
+    aff = _affine(ASYMMETRIC_SHAPE, ASYMMETRIC_SPACING, flips, _rotation(8.0, 5.0), (5.0, -10.0, 40.0))
+    return _nifti(np.rint(value).clip(levels[0]).astype(dtype), aff), _nifti(label, aff)
+
+
 def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """NIfTI with matching qform/sform (scanner code) so every reader agrees on the geometry."""
     img = nib.Nifti1Image(data, affine)

@@ -249,3 +249,15 @@ def test_pacs_down_is_a_clear_502_and_cached_images_still_answer(client, pacs):
         proxy.mode = "pass"
     assert "Status: 502" in failed.value.msg and "cannot be reached" in failed.value.msg
     assert np.mean(study.truth_at(study.truth_voxels(mask)) == 1) > 0.8
+
+
+def test_ohif_reads_the_pacs_through_the_server(server, pacs):
+    """The OHIF that MONAI Label serves at /ohif/ reads DICOMweb through the server's /proxy/dicom."""
+    url, studies = server[0], pacs[2]
+    assert "<html" in requests.get(f"{url}/ohif/", timeout=30).text.lower()
+    found = requests.get(f"{url}/proxy/dicom/qido/studies", timeout=30).json()
+    assert {s["0020000D"]["Value"][0] for s in found} >= {uid("test", m) for m in studies}
+    ct = studies["CT"]
+    path = f"studies/{uid('test', 'CT')}/series/{ct.series}/metadata"
+    metadata = requests.get(f"{url}/proxy/dicom/wado/{path}", timeout=30).json()
+    assert len(metadata) == ct.image.shape[2]

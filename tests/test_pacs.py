@@ -20,9 +20,10 @@ from monailabel.client.client import MONAILabelClientException
 
 from pacs_proxy import FaultyPacsProxy
 from samlabel.dicom_export import series_datasets, uid, upload
+from samlabel.dicom_seg import seg_to_label
 from samlabel.local_server import start_server, stop_server
 from samlabel.orthanc import OrthancUnavailable, start_orthanc
-from samlabel.pacs_datastore import PacsDatastore, pacs_client, seg_to_label
+from samlabel.pacs_datastore import PacsDatastore, pacs_client
 from samlabel.sample_data import ASYMMETRIC_LABELS, make_asymmetric_phantom
 
 pytestmark = pytest.mark.slow

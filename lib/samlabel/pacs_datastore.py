@@ -19,7 +19,6 @@ Label's ``nifti_to_dicom_seg`` and stored with STOW-RS. What this adds to MONAI 
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import logging
 import os
@@ -32,20 +31,18 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom_seg
 import requests
-import SimpleITK as sitk
 from dicomweb_client import DICOMwebClient
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
-from monailabel.datastore.utils.convert import binary_to_image, dicom_to_nifti, nifti_to_dicom_seg
+from monailabel.datastore.utils.convert import binary_to_image, dicom_to_nifti
 from monailabel.interfaces.datastore import DefaultLabelTag
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from samlabel.atomic_write import atomic_write
 from samlabel.datastore import DatastoreError, SafeLocalDatastore, check_name
 from samlabel.dicom_export import uid
+from samlabel.dicom_seg import label_digest, label_to_seg, seg_to_label
 
 logger = logging.getLogger(__name__)
 
@@ -272,26 +269,13 @@ class PacsDatastore(SafeLocalDatastore):
     def _store_seg(self, image_id: str, parent: str) -> tuple[str, str]:
         """Store the cached label as a SEG; return its series UID and the label's digest."""
         label_path = self.get_label_uri(image_id, FINAL)
-        data = np.asanyarray(nib.load(label_path).dataobj)
         digest = label_digest(label_path)
         seg_series = uid(image_id, "seg", digest, parent)
         sop = uid(seg_series, "instance")
         if self._seg_stored(seg_series, sop):
             logger.info("SEG %s is already in the PACS (an earlier save got through)", seg_series)
             return seg_series, digest
-        names = {value: name for name, value in self.labels.items()}
-        segments = [{"name": names.get(int(v), f"label_{int(v)}")} for v in np.unique(data) if v]
-        seg_file = nifti_to_dicom_seg(str(self._source_headers(image_id)), label_path, segments, use_itk=False)
-        try:
-            seg = dcmread(seg_file)
-        finally:
-            Path(seg_file).unlink(missing_ok=True)
-        now = datetime.datetime.now()
-        seg.SeriesInstanceUID, seg.SOPInstanceUID = seg_series, sop
-        seg.file_meta.MediaStorageSOPInstanceUID = sop
-        seg.SeriesDate = seg.ContentDate = now.strftime("%Y%m%d")
-        seg.SeriesTime = seg.ContentTime = now.strftime("%H%M%S.%f")
-        seg.SeriesDescription = "samlabel"
+        seg = label_to_seg(str(self._source_headers(image_id)), label_path, self.labels, seg_series, sop)
         answer = self._pacs("storing the label as DICOM SEG", self.client.store_instances, [seg])
         stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])}
         if sop not in stored or answer.get("FailedSOPSequence"):
@@ -367,30 +351,6 @@ class PacsDatastore(SafeLocalDatastore):
         """Training reads the labels in the PACS (synced into the cache) and the ones kept locally."""
         self.sync_labels()
         return super().datalist(full_path)
-
-
-def label_digest(path: str) -> str:
-    """Hash of a label's voxels and shape: what makes two saves the same SEG."""
-    data = np.asanyarray(nib.load(path).dataobj)
-    return hashlib.sha256(np.ascontiguousarray(data, np.uint16).tobytes() + str(data.shape).encode()).hexdigest()
-
-
-def seg_to_label(seg: Dataset, image_path: str, label_values: dict[str, int]) -> nib.Nifti1Image:
-    """A DICOM SEG sampled onto its image's NIfTI grid; segments named like this app's labels get their
-    values, others keep their segment number."""
-    result = pydicom_seg.MultiClassReader().read(seg)
-    reference = sitk.ReadImage(image_path)
-    grid = sitk.Resample(result.image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
-    numbers = sitk.GetArrayFromImage(grid).transpose(2, 1, 0)  # ITK arrays are [k, j, i]
-    label = np.zeros(numbers.shape, np.uint8)
-    for segment in seg.SegmentSequence:
-        number = int(segment.SegmentNumber)
-        label[numbers == number] = label_values.get(str(segment.SegmentLabel), number)
-    image = nib.load(image_path)
-    out = nib.Nifti1Image(label, image.affine)
-    out.set_qform(image.affine, code=1)
-    out.set_sform(image.affine, code=1)
-    return out
 
 
 def pacs_cache_dir(url: str) -> str:

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 PHANTOMS = {"CT": (-1, -1, -1), "MR": (-1, -1, 1)}
 OHIF_RESULT = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False}
 TIMEOUT_S = 3
+TINY_RUN = ("train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2")
 
 
 class Study:
@@ -97,7 +98,7 @@ def pacs(tmp_path_factory):
 def server(pacs, tmp_path_factory):
     orthanc, proxy, _ = pacs
     folder = tmp_path_factory.mktemp("pacs-server")
-    conf = ("labels", "target,decoy", "pacs_timeout_s", str(TIMEOUT_S), "model_dir", str(folder / "model"))
+    conf = ("labels", "target,decoy", "pacs_timeout_s", str(TIMEOUT_S), "model_dir", str(folder / "model"), *TINY_RUN)
     env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(folder / "cache")}
     proc, url = start_server(f"{proxy.url}/dicom-web", folder / "server.log", *conf, env=env)
     yield url, folder / "cache"
@@ -166,7 +167,7 @@ def test_sam_3d_grows_on_the_dicom_series_as_on_the_nifti(client, pacs):
     assert np.sum(on == 1) > 0.9 * np.sum(study.labels == 1) and not np.any(on == 2)
 
 
-def test_saved_labels_are_stored_as_seg_and_read_back_for_training(client, server, pacs, tmp_path):
+def test_saved_labels_are_stored_as_seg_and_read_back_for_training(client, server, pacs, tmp_path, wait_for_training):
     orthanc, _, studies = pacs
     ct, mr = studies["CT"], studies["MR"]
     before = len(seg_series(orthanc))
@@ -198,6 +199,12 @@ def test_saved_labels_are_stored_as_seg_and_read_back_for_training(client, serve
         assert set(pairs) == {ct.series, mr.series}
         served = nib.load(label_on_server_grid(server[0], ct, tmp_path))
         assert np.array_equal(np.asarray(nib.load(pairs[ct.series]).dataobj), np.asarray(served.dataobj))
+
+    # and a real fine-tuning run (MONAI Label's trainer subprocess, its own PacsDatastore) learns from them
+    client.train_start("sam_adapter", {})
+    assert wait_for_training(client)["status"] == "DONE"
+    newest = requests.get(f"{server[0]}/adapter/versions", timeout=10).json()["versions"][-1]
+    assert sorted(newest["new_labels"]) == sorted([ct.series, mr.series]), newest
 
 
 def cached_label(cache: Path, series: str) -> np.ndarray:

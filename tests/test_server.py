@@ -53,6 +53,7 @@ def test_info_offers_click_tools_to_both_viewers(server):
     assert info["models"]["sam_2d"]["type"] == "deepgrow" and info["models"]["sam_2d"]["dimension"] == 2
     assert info["models"]["sam_3d"]["type"] == "deepgrow" and info["models"]["sam_3d"]["dimension"] == 3
     assert info["models"]["sam_2d"]["labels"] == {"liver": 1, "spleen": 2, "kidney": 3}
+    assert info["labels"] == ["liver", "spleen", "kidney"]  # OHIF's panel appends to this list (a dict crashed it)
 
 
 def test_slicer_roi_on_2d_model(client, ct_phantom, liver):

@@ -54,7 +54,7 @@ class SamLabelApp(MONAILabelApp):
             name="samlabel",
             description="Segment Anything with medical adapters: clicks and boxes to 2-D and 3-D masks",
             version="0.1.0",
-            labels=self.cfg.label_values,
+            labels=sorted(self.cfg.label_values, key=self.cfg.label_values.get),  # a list: OHIF appends to it
         )
         self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
 

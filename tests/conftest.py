@@ -14,6 +14,8 @@ from samlabel.sample_data import make_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_LABELS = "liver,spleen,kidney"
+# --conf pairs for a real but tiny fine-tuning run (about a minute on 2 CPU cores)
+TINY_RUN = ("train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2")
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,13 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from conftest import ROOT
+from conftest import ROOT, TINY_RUN
 from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 IMAGES = [f"ct_{seed}" for seed in range(5)]
 CLICK = {"foreground": [[80, 64, 24]], "label": "liver"}  # inside the liver of every phantom
-TINY_RUN = ["train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2"]
 SERVER_CONF = ["labels", "liver,spleen,kidney", "train_every", "2", "publish_tolerance", "0.1", *TINY_RUN]
 
 

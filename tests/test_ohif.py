@@ -20,7 +20,7 @@ import pytest
 import requests
 from scipy import ndimage
 
-from samlabel.dicom_export import series_datasets, uid, upload
+from samlabel.dicom_export import RAS_TO_LPS, series_datasets, uid, upload
 from samlabel.local_server import start_server, stop_server
 from samlabel.orthanc import OrthancUnavailable, start_orthanc
 from samlabel.pacs_datastore import pacs_client
@@ -107,8 +107,8 @@ JS_SAVE = """async ([server, series, values]) => {
 
 
 def lps(affine: np.ndarray, ijk) -> list[float]:
-    ras = affine @ [*ijk, 1.0]
-    return [float(-ras[0]), float(-ras[1]), float(ras[2])]
+    """World coordinates of a voxel as cornerstone uses them (DICOM's LPS)."""
+    return (RAS_TO_LPS @ affine @ [*ijk, 1.0])[:3].tolist()
 
 
 def points(truth: np.ndarray, image: np.ndarray) -> tuple[int, tuple, tuple]:

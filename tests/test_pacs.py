@@ -18,8 +18,9 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
+from conftest import TINY_RUN
 from pacs_proxy import FaultyPacsProxy
-from samlabel.dicom_export import series_datasets, uid, upload
+from samlabel.dicom_export import RAS_TO_LPS, series_datasets, uid, upload
 from samlabel.dicom_seg import seg_to_label
 from samlabel.local_server import start_server, stop_server
 from samlabel.orthanc import OrthancUnavailable, start_orthanc
@@ -32,7 +33,6 @@ pytestmark = pytest.mark.slow
 PHANTOMS = {"CT": (-1, -1, -1), "MR": (-1, -1, 1)}
 OHIF_RESULT = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False}
 TIMEOUT_S = 3
-TINY_RUN = ("train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2")
 
 
 class Study:
@@ -50,7 +50,7 @@ class Study:
         return voxels[np.argmin(np.linalg.norm(voxels - voxels.mean(0), axis=1))]
 
     def world_lps(self, ijk) -> np.ndarray:
-        return (np.diag([-1.0, -1, 1, 1]) @ self.image.affine @ [*ijk, 1])[:3]
+        return (RAS_TO_LPS @ self.image.affine @ [*ijk, 1])[:3]
 
     def cornerstone_ijk(self, lps: np.ndarray) -> list[int]:
         """What OHIF sends for a click at ``lps``: cornerstone orders slices along row x column and

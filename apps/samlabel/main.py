@@ -11,6 +11,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 
 from samlabel.adapter_versions import AdapterVersions, start_record
+from samlabel.adapters import STATEFUL_KINDS
 from samlabel.auth import install_token_check
 from samlabel.config import load_app_config, load_model_config
 from samlabel.cors import restrict_cors
@@ -40,7 +41,8 @@ class SamLabelApp(MONAILabelApp):
         self.model_dir = self.cfg.model_dir or os.path.join(app_dir, "model")
         self.trainer_dir = Path(self.model_dir) / "sam_adapter"
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
-        self.engine = SamEngine(self.model_cfg, self.cfg, self.versions.served().adapter, fallback="default")
+        start = self.cfg.adapter if self.cfg.adapter in STATEFUL_KINDS else "default"  # served if a version cannot be
+        self.engine = SamEngine(self.model_cfg, self.cfg, self.versions.served().adapter, fallback=start)
         self.refinements = RefinementStore()
         self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)

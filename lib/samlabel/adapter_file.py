@@ -1,7 +1,9 @@
 """Adapter files: the trained parts of SAM (adapters, mask decoder, point embeddings), small and versioned.
 
 A file sits beside the untouched base weights and names the base it was trained on (model name and
-the sha256 of its weights file), so it is refused for another base. Tensors are stored in fp16; the
+the sha256 of its weights file), so it is refused for another base. It also names the kind of its
+encoder adapters (:data:`samlabel.adapters.ADAPTER_KINDS`), so a server set up for one kind refuses
+another. Tensors are stored in fp16; the
 file is written to a temp file, fsynced and renamed, so a reader never sees half of it.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from segment_anything.modeling import Sam
 
-from samlabel.adapters import BottleneckAdapter, add_adapters, has_adapters, trainable_filter
+from samlabel.adapters import STATEFUL_KINDS, adapter_factory, add_adapters, has_adapters, trainable_filter
 from samlabel.atomic_write import atomic_write
 
 FORMAT = "samlabel-adapter"
@@ -38,6 +40,21 @@ class AdapterInfo:
     created: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    kind: str = "plain"  # of the encoder adapters, if "adapters" is one of the parts
+    depth: int = 1  # slices per stack the encoder sees (sd_trans)
+    rank: int = 0  # the hypernetwork's bottleneck (hyp_adpt)
+
+    @property
+    def encoder_kind(self) -> str:
+        """What this file does to the image encoder: ``none`` (decoder side only) or its adapters' kind."""
+        return self.kind if "adapters" in self.parts else "none"
+
+
+def kinds_compatible(served: str, wanted: str) -> bool:
+    """A plain-adapter server also serves decoder-only files (its starting point); sd_trans and hyp_adpt
+    need their own kind, since their stacks or prompt conditioning change how every slice is encoded."""
+    family = {"none": "plain"}
+    return family.get(served, served) == family.get(wanted, wanted)
 
 
 def save_adapter(path: Path, model: Sam, info: AdapterInfo) -> Path:
@@ -68,16 +85,22 @@ def read_adapter(path: Path) -> tuple[AdapterInfo, dict[str, torch.Tensor]]:
     return AdapterInfo(**raw), payload["state"]
 
 
-def apply_adapter(model: Sam, path: Path, base_model: str, base_sha256: str) -> AdapterInfo:
-    """Add adapters to a base ``model`` and load an adapter file into it; refuse a file for another base."""
+def apply_adapter(model: Sam, path: Path, base_model: str, base_sha256: str, kind: str | None = None) -> AdapterInfo:
+    """Add adapters to a base ``model`` and load an adapter file into it; refuse a file for another base
+    or, with ``kind``, one whose encoder adapters are of an incompatible kind."""
     info, state = read_adapter(path)
     if info.base_sha256 != base_sha256 or info.base_model != base_model:
         raise AdapterError(
             f"{path} was trained on {info.base_model} (weights sha256 {info.base_sha256[:12]}), "
             f"not on {base_model} ({base_sha256[:12]})"
         )
+    if kind is not None and not kinds_compatible(info.encoder_kind, kind):
+        raise AdapterError(
+            f"{path} holds {info.encoder_kind} encoder adapters, and this server serves {kind} adapters "
+            "(set by --conf adapter)"
+        )
     if "adapters" in info.parts and not has_adapters(model):
-        add_adapters(model, lambda dim: BottleneckAdapter(dim, info.ratio))
+        add_adapters(model, adapter_factory(info.kind, info.ratio, info.rank))
     own = model.state_dict()
     expected = {k for k in own if trainable_filter(k, info.parts)}
     if set(state) != expected:
@@ -85,3 +108,18 @@ def apply_adapter(model: Sam, path: Path, base_model: str, base_sha256: str) -> 
         raise AdapterError(f"{path} does not fit this model (missing {missing}, unexpected {extra})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     return info
+
+
+def configured_kind(choice: str, default_adapter: Path | None) -> str:
+    """The encoder-adapter kind a ``--conf adapter`` choice sets up: ``sd_trans`` / ``hyp_adpt`` (new
+    adapters of that kind), or the kind of the file it names (``plain`` for none or a decoder-only file)."""
+    if choice in STATEFUL_KINDS:
+        return choice
+    path = default_adapter if choice == "default" else None if choice == "none" else Path(choice)
+    if path is None or not path.is_file():
+        return "plain"
+    try:
+        kind = read_adapter(path)[0].encoder_kind
+    except AdapterError:
+        return "plain"  # the engine reports the unreadable file itself
+    return "plain" if kind == "none" else kind

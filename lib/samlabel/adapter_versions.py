@@ -14,6 +14,7 @@ The starting version (``--conf adapter``) is not a file here; it is always liste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from samlabel.adapter_file import read_adapter
+from samlabel.adapters import STATEFUL_KINDS
 from samlabel.atomic_write import write_json
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,16 @@ def now() -> str:
 
 
 def start_record(choice: str, default_adapter: Path | None) -> VersionRecord:
-    """The configured starting version (``--conf adapter``): ``default``, ``none`` or a file path."""
+    """The configured starting version (``--conf adapter``): ``default``, ``none``, a file path, or a
+    new adapter kind (``sd_trans``, ``hyp_adpt``: the default adapter plus new encoder adapters)."""
+    if choice in STATEFUL_KINDS:
+        default = start_record("default", default_adapter)
+        return dataclasses.replace(
+            default,
+            version=f"{default.version}+{choice}",
+            adapter=choice,
+            reason=f"{default.reason}, with new zero-initialised {choice} encoder adapters",
+        )
     path = default_adapter if choice == "default" else None if choice == "none" else Path(choice)
     if path is None or not path.is_file() and choice == "default":
         return VersionRecord(version="base", adapter=choice, gate="start", reason="base weights, no adapter")

@@ -43,6 +43,8 @@ class AppConfig:
     checkpoint: str
     adapter: str
     model_dir: str
+    sd_trans_depth: int
+    hyp_rank: int
     device: str
     runtime: str
     precision: str
@@ -58,6 +60,8 @@ class AppConfig:
     propagation_iou: float
     propagation_box_margin: int
     propagation_mask_prompt: bool
+    auto_min_iou: float
+    auto_min_support: float
     train_every: int
     publish_tolerance: float
     activelearning_lease: int
@@ -131,6 +135,10 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
         raise ConfigError(f"--conf runtime: {cfg.runtime!r} is not one of auto, torch, onnxruntime")
     if cfg.precision not in ("fp32", "bf16"):
         raise ConfigError(f"--conf precision: {cfg.precision!r} is not one of fp32, bf16")
+    if cfg.sd_trans_depth < 1 or cfg.hyp_rank < 1:
+        raise ConfigError("--conf sd_trans_depth and hyp_rank must be >= 1")
+    if not 0 < cfg.auto_min_support <= 1:
+        raise ConfigError("--conf auto_min_support must be in (0, 1]")
     if cfg.encoder_batch < 0 or cfg.prefetch_slices < 0:
         raise ConfigError("--conf encoder_batch and prefetch_slices must be >= 0")
     if not cfg.labels:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter
+from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter, configured_kind
+from samlabel.adapters import STATEFUL_KINDS, adapter_factory, add_adapters, conditioned_on, prompt_condition, stack_of
 from samlabel.config import AppConfig, ConfigError, ModelConfig
 from samlabel.geometry import SliceGeometry, slice_geometry, volume_slice
 from samlabel.models import build_model, load_checkpoint
@@ -88,6 +89,10 @@ class SamEngine:
     The adapter can be swapped while serving (:meth:`serve_adapter`). Embeddings are cached under the
     encoder's identity (base weights, plus the adapter if it changes the encoder), so a new version
     that only retrains the decoder side reuses them and one with new encoder adapters never does.
+
+    With SD-Trans adapters a volume is encoded in fixed stacks of ``depth`` slices (``k // depth``), so a
+    slice's embedding depends on its stack only and stays cacheable. With HyP-Adpt adapters the
+    embedding also depends on the prompt: it is cached per prompt, so a new click encodes again.
     """
 
     def __init__(
@@ -100,6 +105,8 @@ class SamEngine:
     ):
         """``fallback``: the adapter to serve when ``adapter`` cannot be loaded (None: raise)."""
         self.model_cfg = model_cfg
+        self.app_cfg = app_cfg
+        self.kind = configured_kind(app_cfg.adapter, model_cfg.adapter)  # versions of other kinds are refused
         self.device = pick_device(app_cfg.device)
         self.runtime = pick_runtime(runtime or app_cfg.runtime, self.device, app_cfg.precision)
         self.autocast_dtype = torch.bfloat16 if app_cfg.precision == "bf16" else None
@@ -150,21 +157,34 @@ class SamEngine:
         base = f"{self.model_cfg.name}@{self.base_sha256[:12]}"
         version = base + (f"+{adapter.version}" if adapter else "")
         encoder_version = base + (f"+{adapter.version}" if adapter and "adapters" in adapter.parts else "")
-        onnx_encoder, onnx_decoder = self._export_onnx(model, encoder_version)
+        onnx_encoder, onnx_decoder = self._export_onnx(model, encoder_version, adapter)
         with self._lock:
             self.model, self.adapter, self.adapter_choice = model, adapter, choice
             self.version, self.encoder_version = version, encoder_version
             self._onnx_encoder, self._onnx_decoder = onnx_encoder, onnx_decoder
         logger.info("SAM engine %s (%s) on %s from %s", self.version, self.runtime, self.device, self.weights_path)
 
-    def _export_onnx(self, model: Sam, encoder_version: str) -> tuple:
+    @property
+    def stack_depth(self) -> int:
+        """Slices the encoder sees at once: the SD-Trans adapter's depth, else 1."""
+        return self.adapter.depth if self.adapter and self.adapter.encoder_kind == "sd_trans" else 1
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether embeddings depend on the prompt (HyP-Adpt): then prefetching them is pointless."""
+        return bool(self.adapter) and self.adapter.encoder_kind == "hyp_adpt"
+
+    def _export_onnx(self, model: Sam, encoder_version: str, adapter: AdapterInfo | None) -> tuple:
         """ONNX Runtime sessions for ``model``; the encoder's is kept while the encoder does not change.
+        SD-Trans and HyP-Adpt encoders stay on PyTorch (their stack depth and prompt are set per call).
         A model that cannot be exported (e.g. over ONNX's 2 GB limit) falls back to PyTorch."""
         if self.runtime != "onnxruntime":
             return None, None
         try:
             encoder = self._onnx_encoder
-            if encoder is None or encoder[0] != encoder_version:
+            if adapter and adapter.encoder_kind in STATEFUL_KINDS:
+                encoder = None
+            elif encoder is None or encoder[0] != encoder_version:
                 encoder = (encoder_version, OnnxEncoder(model, self.model_cfg.img_size))
             return encoder, OnnxDecoder(model)
         except Exception as e:  # noqa: BLE001 - any exporter failure means: serve with PyTorch
@@ -175,6 +195,8 @@ class SamEngine:
     def _load_adapter(self, model: Sam, choice: str) -> AdapterInfo | None:
         if choice == "none":
             return None
+        if choice in STATEFUL_KINDS:
+            return self._new_encoder_adapters(model, choice)
         if choice == "default":
             if not self.model_cfg.adapter:
                 return None
@@ -183,7 +205,25 @@ class SamEngine:
             except AdapterError as e:
                 logger.warning("not using the default adapter: %s", e)
                 return None
-        return apply_adapter(model, Path(choice), self.model_cfg.name, self.base_sha256)
+        return apply_adapter(model, Path(choice), self.model_cfg.name, self.base_sha256, self.kind)
+
+    def _new_encoder_adapters(self, model: Sam, kind: str) -> AdapterInfo:
+        """The default adapter plus new, zero-initialised encoder adapters of ``kind`` (the model is
+        unchanged until the ``sam_adapter`` trainer trains them with ``train_parts`` ``adapters``)."""
+        start = self._load_adapter(model, "default")
+        ratio = 0.25
+        add_adapters(model, adapter_factory(kind, ratio, self.app_cfg.hyp_rank))
+        parts = tuple(dict.fromkeys((start.parts if start else ()) + ("adapters",)))
+        return AdapterInfo(
+            version=f"{start.version if start else 'base'}+{kind}",
+            base_model=self.model_cfg.name,
+            base_sha256=self.base_sha256,
+            ratio=ratio,
+            parts=parts,
+            kind=kind,
+            depth=self.app_cfg.sd_trans_depth if kind == "sd_trans" else 1,
+            rank=self.app_cfg.hyp_rank if kind == "hyp_adpt" else 0,
+        )
 
     def geometry(self, volume_shape: tuple[int, ...]) -> SliceGeometry:
         return slice_geometry(volume_shape, self.model_cfg.img_size)
@@ -192,44 +232,75 @@ class SamEngine:
         """Slice ``k`` of a [0, 1] volume as the encoder's ``(3, S, S)`` input."""
         return slice_to_model_input(volume_slice(volume01, k), self.geometry(volume01.shape), self.model_cfg.pixel_norm)
 
-    def embed(self, volume01: np.ndarray, k: int) -> torch.Tensor:
+    def embed(self, volume01: np.ndarray, k: int, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Image embedding of slice ``k`` of a [0, 1] volume, from the cache when it was seen before."""
-        return self.embed_slices(volume01, [k])[0]
+        return self.embed_slices(volume01, [k], condition=condition)[0]
+
+    def stack(self, n_slices: int, k: int) -> tuple[int, ...]:
+        """The slices encoded together with slice ``k`` (its fixed stack; the last one may be shorter)."""
+        start = (k // self.stack_depth) * self.stack_depth
+        return tuple(range(start, min(start + self.stack_depth, n_slices)))
 
     @torch.inference_mode()
-    def embed_slices(self, volume01: np.ndarray, ks: list[int], background: bool = False) -> list[torch.Tensor]:
-        """Embeddings of slices ``ks``; the uncached ones are encoded in batches of ``encoder_batch``.
+    def embed_slices(
+        self,
+        volume01: np.ndarray,
+        ks: list[int],
+        background: bool = False,
+        condition: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Embeddings of slices ``ks``; the uncached ones are encoded in batches of ``encoder_batch``
+        (with SD-Trans: stack by stack). ``condition``: the prompt's, for HyP-Adpt adapters.
 
         A slice another thread is encoding right now (the prefetcher, a second request) is waited for,
         not encoded twice. ``background`` calls do not take the foreground lock, so a click is never
         queued behind a prefetched slice.
         """
-        keys = [self._embedding_key(volume01, k) for k in ks]
-        found = {key: self.cache.get(key) for key in keys}
-        todo = {key: self.model_input(volume01, k) for key, k in zip(keys, ks, strict=True) if found[key] is None}
+        n_slices = volume01.shape[2]
+        units = list(dict.fromkeys(self.stack(n_slices, k) for k in ks))  # slices encoded in one call
+        keys = self._embedding_keys(volume01, units, condition)
+        found = {key: self.cache.get(key) for key in keys.values()}
+        todo = [unit for unit in units if any(found[keys[k]] is None for k in unit)]
         while todo:
-            mine, theirs = self._claim(list(todo))
-            for start in range(0, len(mine), self.encoder_batch):
-                batch = mine[start : start + self.encoder_batch]
+            mine, theirs = self._claim([keys[unit[0]] for unit in todo])
+            mine_units = [unit for unit in todo if keys[unit[0]] in mine]
+            per_call = self.encoder_batch if self.stack_depth == 1 else 1
+            for start in range(0, len(mine_units), per_call):
+                batch = mine_units[start : start + per_call]
                 try:
-                    embeddings = self._encode(torch.stack([todo[key] for key in batch]), background)
-                    for key, embedding in zip(batch, embeddings, strict=True):
-                        found[key] = embedding[None].clone() if len(batch) > 1 else embedding[None]
-                        self.cache.put(key, found[key])
+                    slices = [k for unit in batch for k in unit]
+                    images = torch.stack([self.model_input(volume01, k) for k in slices])
+                    embeddings = self._encode(images, background, len(batch[0]), condition)
+                    for k, embedding in zip(slices, embeddings, strict=True):
+                        found[keys[k]] = embedding[None].clone() if len(slices) > 1 else embedding[None]
+                        self.cache.put(keys[k], found[keys[k]])
                 finally:
-                    self._release(batch)
-            for key, event in theirs.items():
+                    self._release([keys[unit[0]] for unit in batch])
+            for unit_key, event in theirs.items():
                 event.wait()
-                found[key] = self.cache.get(key)
-            todo = {key: todo[key] for key in todo if found[key] is None}  # evicted meanwhile: encode here
-        return [found[key] for key in keys]
+                unit = next(u for u in todo if keys[u[0]] == unit_key)
+                for k in unit:
+                    found[keys[k]] = self.cache.get(keys[k])
+            todo = [unit for unit in todo if any(found[keys[k]] is None for k in unit)]  # evicted: encode here
+        return [found[keys[k]] for k in ks]
 
-    def _embedding_key(self, volume01: np.ndarray, k: int) -> str:
-        """The encoder's version and runtime, and the slice's content and shape: together they fix the
-        model input (resizing and normalisation depend only on those), which is built only on a miss."""
-        plane = volume_slice(volume01, k)
-        digest = hashlib.sha1(plane.tobytes()).hexdigest()
-        return f"{self.encoder_version}:{self.runtime}:{plane.shape}:{plane.dtype}:{digest}"
+    def _embedding_keys(
+        self, volume01: np.ndarray, units: list[tuple[int, ...]], condition: torch.Tensor | None
+    ) -> dict[int, str]:
+        """Per slice: the encoder's version and runtime, and the content and shape of the slices encoded
+        with it (and the prompt's condition for HyP-Adpt): together they fix the embedding. The model
+        input (resizing, normalisation) depends only on those and is built only on a miss."""
+        cond = "" if condition is None else ":c" + hashlib.sha1(condition.float().cpu().numpy().tobytes()).hexdigest()
+        keys = {}
+        for unit in units:
+            planes = [volume_slice(volume01, k) for k in unit]
+            digest = hashlib.sha1(b"".join(p.tobytes() for p in planes)).hexdigest()
+            for position, k in enumerate(unit):
+                where = f"{position}/{len(unit)}:" if len(unit) > 1 else ""
+                keys[k] = (
+                    f"{self.encoder_version}:{self.runtime}:{planes[0].shape}:{planes[0].dtype}:{where}{digest}{cond}"
+                )
+        return keys
 
     def _claim(self, keys: list[str]) -> tuple[list[str], dict[str, threading.Event]]:
         """Split ``keys`` into those this thread will encode and those another thread is encoding."""
@@ -248,13 +319,18 @@ class SamEngine:
             for key in keys:
                 self._inflight.pop(key).set()
 
-    def _encode(self, images: torch.Tensor, background: bool) -> torch.Tensor:
-        with contextlib.nullcontext() if background else self._lock:
+    def _encode(
+        self, images: torch.Tensor, background: bool, depth: int = 1, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``images`` as stacks of ``depth`` slices; stateful adapters always take the lock (their depth
+        and condition are set on the shared model for the call)."""
+        stateful = self.adapter is not None and self.adapter.encoder_kind in STATEFUL_KINDS
+        with contextlib.nullcontext() if background and not stateful else self._lock:
             onnx_encoder = self._onnx_encoder
             if onnx_encoder is not None:
                 embeddings = onnx_encoder[1](images)
             else:
-                with self._autocast():
+                with self._autocast(), stack_of(self.model, depth), conditioned_on(self.model, condition):
                     embeddings = self.model.image_encoder(images.to(self.device)).float()
         with self._inflight_lock:
             self.encoder_runs += len(images)
@@ -318,7 +394,6 @@ class SamEngine:
         A lone click is ambiguous, so SAM returns three masks and the one with the best predicted IoU
         is kept; with more clicks, a box or a previous mask one mask is asked for.
         """
-        embedding = self.embed(volume01, k)
         dev = self.device
         points = None
         if len(points_xy):
@@ -327,6 +402,8 @@ class SamEngine:
                 torch.as_tensor(point_labels, dtype=torch.int64, device=dev)[None],
             )
         boxes = None if box_xyxy is None else torch.as_tensor(box_xyxy, dtype=torch.float32, device=dev)[None]
+        condition = prompt_condition(self.model, points, boxes) if self.conditioned else None
+        embedding = self.embed(volume01, k, condition)
         multimask = len(points_xy) == 1 and boxes is None and mask_input is None
         logits, iou = self.decode(embedding, points, boxes, mask_input, multimask)
         best = int(torch.argmax(iou[0]))

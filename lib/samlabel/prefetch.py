@@ -39,8 +39,9 @@ class Prefetcher:
         self._working = False
 
     def request(self, volume01: np.ndarray, k: int) -> None:
-        """Encode the neighbours of slice ``k`` next, dropping whatever was queued before."""
-        if self.slices <= 0:
+        """Encode the neighbours of slice ``k`` next, dropping whatever was queued before (nothing for a
+        prompt-conditioned encoder, whose embeddings no other prompt can use)."""
+        if self.slices <= 0 or self.engine.conditioned:
             return
         with self._wake:
             self._volume = volume01

@@ -40,7 +40,7 @@ def propagate(
     for step in (-1, 1):
         previous, k = start, k0 + step
         while lo <= k <= hi:
-            if batch > 1 and (k - k0 - step) % batch == 0:  # encode the next slices in one call (GPU)
+            if batch > 1 and not engine.conditioned and (k - k0 - step) % batch == 0:  # next slices at once (GPU)
                 engine.embed_slices(volume01, [j for j in range(k, k + step * batch, step) if lo <= j <= hi])
             box = mask_box(previous.mask, settings.box_margin)
             if box is None:

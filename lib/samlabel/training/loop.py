@@ -21,7 +21,7 @@ from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 
 from samlabel.adapter_file import AdapterInfo, save_adapter
-from samlabel.adapters import BottleneckAdapter, add_adapters, has_adapters, set_trainable, trainable_filter
+from samlabel.adapters import adapter_factory, adapter_kind, add_adapters, has_adapters, set_trainable, trainable_filter
 from samlabel.engine import SamEngine
 from samlabel.evaluation import box_dice, click_dice, largest_slice
 from samlabel.geometry import SliceGeometry
@@ -69,10 +69,11 @@ def score(metrics: dict[str, float]) -> float:
 
 
 def prepare_model(engine: SamEngine, settings: TrainSettings) -> tuple[int, int]:
-    """Add adapters if they train and the model has none (SAM-Med2D brings its own); freeze all but
-    ``settings.parts``. Returns (trainable, total)."""
+    """Add plain adapters if they train and the model has none (SAM-Med2D brings its own; ``--conf adapter
+    sd_trans`` / ``hyp_adpt`` serve new ones of that kind); freeze all but ``settings.parts``.
+    Returns (trainable, total)."""
     if "adapters" in settings.parts and not has_adapters(engine.model):
-        add_adapters(engine.model, lambda dim: BottleneckAdapter(dim, settings.adapter_ratio))
+        add_adapters(engine.model, adapter_factory("plain", settings.adapter_ratio))
     trainable, total = set_trainable(engine.model, settings.parts)
     logger.info("training %s: %d of %d parameters (%.2f %%)", settings.parts, trainable, total, 100 * trainable / total)
     return trainable, total
@@ -165,6 +166,7 @@ def train_adapter(
     model.load_state_dict(best["state"], strict=False)
     model.eval()
     kept = engine.adapter.parts if engine.adapter else ()
+    kind = adapter_kind(model) or "plain"
     info = AdapterInfo(
         version=version,
         base_model=engine.model_cfg.name,
@@ -173,6 +175,9 @@ def train_adapter(
         parts=tuple(dict.fromkeys(settings.parts + tuple(kept))),
         metrics=best["metrics"],
         notes={"samples": len(samples), "validation_targets": len(val_targets), "settings": _jsonable(settings)},
+        kind=kind,
+        depth=engine.stack_depth,
+        rank=engine.adapter.rank if engine.adapter and kind == "hyp_adpt" else 0,
     )
     save_adapter(out_file, model, info)
     report = {

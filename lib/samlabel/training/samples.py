@@ -2,7 +2,9 @@
 
 The image encoder's base weights are frozen; while the adapters are not trained (the CPU recipe) the
 embedding of a slice never changes, so it is computed once, through the serving engine (and its cache),
-and every click-simulation step reuses it. Volumes get MONAI intensity and flip augmentation first.
+and every click-simulation step reuses it. When SD-Trans adapters train, a sample also carries its
+slice's stack (the slices the engine encodes together). Volumes get MONAI intensity and flip
+augmentation first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class SliceSample:
     mask: np.ndarray
     image: torch.Tensor  # 3xSxS, for training with the encoder in the loop (adapters)
     embedding: torch.Tensor  # of the base encoder, for training the decoder side only
+    stack: torch.Tensor | None = None  # Dx3xSxS: the slice's stack, for SD-Trans adapters
+    stack_index: int = 0  # the slice's place in it
 
 
 def augmentation(seed: int) -> Compose:
@@ -71,10 +75,17 @@ def slice_samples(
             volume01 = np.clip(np.asarray(data["image"][0], dtype=np.float32), 0, 1)
             label = np.asarray(data["label"][0]).astype(label.dtype)
         ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]
+        stacks: dict[tuple[int, ...], torch.Tensor] = {}  # shared by the samples of one stack
         for k in ks:
             objects = objects_on_slice(volume_slice(label, int(k)), min_pixels)
             if objects:
                 image = engine.model_input(volume01, int(k))
                 embedding = engine.embed(volume01, int(k)).cpu().clone()  # a normal tensor, usable in autograd
-                samples += [SliceSample(name, int(k), mask, image, embedding) for mask in objects]
+                stack, index = None, 0
+                if engine.stack_depth > 1:
+                    unit = engine.stack(volume01.shape[2], int(k))
+                    if unit not in stacks:
+                        stacks[unit] = torch.stack([engine.model_input(volume01, j) for j in unit])
+                    stack, index = stacks[unit], unit.index(int(k))
+                samples += [SliceSample(name, int(k), mask, image, embedding, stack, index) for mask in objects]
     return samples

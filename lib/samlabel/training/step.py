@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 from segment_anything.modeling import Sam
 
+from samlabel.adapters import adapter_kind, conditioned_on, prompt_condition, stack_of
 from samlabel.engine import predict_masks
 from samlabel.geometry import SliceGeometry, mask_box
 from samlabel.simulated_user import next_click
@@ -62,6 +63,19 @@ def _points(clicks: list[tuple[int, int, int]], geometry: SliceGeometry) -> tupl
     return torch.from_numpy(geometry.voxels_to_model(ij))[None], labels
 
 
+def encode_sample(model: Sam, sample: SliceSample, points=None, boxes=None) -> torch.Tensor:
+    """The sample's embedding from the encoder in the loop, as the engine serves it: within its stack
+    (SD-Trans), or conditioned on the prompt (HyP-Adpt)."""
+    kind = adapter_kind(model)
+    if kind == "sd_trans" and sample.stack is not None:
+        with stack_of(model, len(sample.stack)):
+            return model.image_encoder(sample.stack)[sample.stack_index][None]
+    if kind == "hyp_adpt":
+        with conditioned_on(model, prompt_condition(model, points, boxes)):
+            return model.image_encoder(sample.image[None])
+    return model.image_encoder(sample.image[None])
+
+
 def sample_loss(
     model: Sam,
     sample: SliceSample,
@@ -73,10 +87,12 @@ def sample_loss(
     """The loss of one sample, with a random prompt: box, or a click after 0..N simulated clicks.
 
     ``encode`` runs the image encoder in the loop (needed when its adapters train); otherwise the
-    sample's precomputed embedding is used.
+    sample's precomputed embedding is used. A prompt-conditioned encoder is run once, for the trained
+    prompt; the simulated earlier clicks use the precomputed (unconditioned) embedding.
     """
     settings = loss.settings
-    embedding = model.image_encoder(sample.image[None]) if encode else sample.embedding
+    conditioned = encode and adapter_kind(model) == "hyp_adpt"
+    embedding = encode_sample(model, sample) if encode and not conditioned else sample.embedding
     target = low_res_target(sample.mask, geometry, tuple(model.prompt_encoder.mask_input_size))
     if rng.random() < settings.box_share:
         i0, i1, j0, j1 = mask_box(sample.mask)
@@ -85,7 +101,10 @@ def sample_loss(
         box = geometry.box_to_model(
             max(i0 - jitter[0], 0), min(i1 + jitter[1], w - 1), max(j0 - jitter[2], 0), min(j1 + jitter[3], h - 1)
         )
-        logits, iou = predict_masks(model, embedding, None, torch.from_numpy(box)[None], None, multimask=False)
+        boxes = torch.from_numpy(box)[None]
+        if conditioned:
+            embedding = encode_sample(model, sample, None, boxes)
+        logits, iou = predict_masks(model, embedding, None, boxes, None, multimask=False)
         return loss(logits, iou, target)
 
     clicks: list[tuple[int, int, int]] = []
@@ -110,5 +129,8 @@ def sample_loss(
     click = next_click(sample.mask, prediction, rng) or clicks[-1]
     clicks.append(click)
     multimask = previous is None and len(clicks) == 1
-    logits, iou = predict_masks(model, embedding, _points(clicks, geometry), None, previous, multimask=multimask)
+    points = _points(clicks, geometry)
+    if conditioned:
+        embedding = encode_sample(model, sample, points, None)
+    logits, iou = predict_masks(model, embedding, points, None, previous, multimask=multimask)
     return loss(logits, iou, target)

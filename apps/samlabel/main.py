@@ -18,7 +18,7 @@ from samlabel.cors import restrict_cors
 from samlabel.datastore import SafeLocalDatastore
 from samlabel.engine import SamEngine
 from samlabel.image_cache import CachedLoadImaged
-from samlabel.infer import Sam2DInfer, Sam3DInfer
+from samlabel.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
 from samlabel.pacs_datastore import PacsDatastore, pacs_cache_dir, pacs_client, pacs_credentials
 from samlabel.refinement import RefinementStore
 from samlabel.request_limits import BodyLimit
@@ -88,7 +88,14 @@ class SamLabelApp(MONAILabelApp):
         return {
             "sam_2d": Sam2DInfer(*args, "SAM on one slice; clicks refine"),
             "sam_3d": Sam3DInfer(*args, "SAM on one slice, propagated in 3-D"),
+            "sam_auto": SamAutoInfer(
+                *args, "SAM with no clicks: boxes where similar saved labels lie", label_files=self.final_labels
+            ),
         }
+
+    def final_labels(self) -> list[str]:
+        """The saved final label files, which teach sam_auto where labels lie."""
+        return [item["label"] for item in self.datastore().datalist()]
 
     def init_trainers(self):
         trainer = SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, self.make_training_engine)

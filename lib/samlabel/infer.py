@@ -1,4 +1,4 @@
-"""MONAI Label infer tasks ``sam_2d`` and ``sam_3d``: BasicInferTask's pipeline with SAM as the inferer.
+"""MONAI Label infer tasks ``sam_2d``, ``sam_3d`` and ``sam_auto``: BasicInferTask's pipeline with SAM as the inferer.
 
 MONAI's ``LoadImaged`` reads the volume (array in IJK order, with its affine; cached between clicks by
 :class:`~samlabel.image_cache.CachedLoadImaged`); ``run_inferer`` turns
@@ -12,15 +12,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from samlabel.adapter_versions import AdapterVersions
+from samlabel.auto_prompts import LocationPrior, extent_mm
 from samlabel.config import AppConfig
 from samlabel.engine import SamEngine
-from samlabel.geometry import put_slice
+from samlabel.geometry import put_slice, volume_slice
 from samlabel.image_cache import CachedLoadImaged
 from samlabel.preprocess import normalize_volume
 from samlabel.prompts import PromptError, parse_prompt
@@ -32,6 +34,7 @@ class SamInferTask(BasicInferTask):
     """Shared request handling; subclasses say how far a mask grows from the prompted slice."""
 
     dimension_of_task = 2
+    infer_type = InferType.DEEPGROW
 
     def __init__(
         self,
@@ -45,7 +48,7 @@ class SamInferTask(BasicInferTask):
         super().__init__(
             path=str(engine.weights_path),
             network=None,
-            type=InferType.DEEPGROW,
+            type=self.infer_type,
             labels=cfg.label_values,
             dimension=self.dimension_of_task,
             description=description,
@@ -87,9 +90,23 @@ class SamInferTask(BasicInferTask):
         volume = np.asarray(image.array if isinstance(image, MetaTensor) else image)
         if volume.ndim != 3:
             raise PromptError(f"sam tasks need a 3-D image, got shape {list(volume.shape)}")
+        label, result = self.label_volume(data, image, volume)
+        affine = image.affine if isinstance(image, MetaTensor) else None
+        data["pred"] = MetaTensor(label, affine=affine)
+        data["result"] = {
+            "model": self.engine.model_cfg.name,
+            "model_version": self.engine.version,
+            "adapter_version": self.engine.adapter.version if self.engine.adapter else None,
+            **result,
+            "encoder_runs": self.engine.thread_encoder_runs() - runs_before,
+            "sam_seconds": round(time.perf_counter() - began, 3),
+        }
+        return data
+
+    def label_volume(self, data: dict[str, Any], image: Any, volume: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The request's label volume and its result params: the viewer's prompt, grown by :meth:`grow`."""
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
         volume01 = self.normalised(image, volume)
-
         start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
         masks = self.grow(volume01, prompt.slice, start, prompt.k_range)
         self.engine.prefetcher.request(volume01, prompt.slice)
@@ -97,12 +114,7 @@ class SamInferTask(BasicInferTask):
         label = np.zeros(volume.shape, dtype=np.uint8)
         for k, mask in masks.items():
             put_slice(label, k, mask, prompt.label_value)
-        affine = image.affine if isinstance(image, MetaTensor) else None
-        data["pred"] = MetaTensor(label, affine=affine)
-        data["result"] = {
-            "model": self.engine.model_cfg.name,
-            "model_version": self.engine.version,
-            "adapter_version": self.engine.adapter.version if self.engine.adapter else None,
+        return label, {
             "prompt": prompt.kind,
             "label": prompt.label_name,
             "label_value": prompt.label_value,
@@ -110,10 +122,12 @@ class SamInferTask(BasicInferTask):
             "slices": [min(masks), max(masks)],
             "refined": refined,
             "iou": round(start.iou, 4),
-            "encoder_runs": self.engine.thread_encoder_runs() - runs_before,
-            "sam_seconds": round(time.perf_counter() - began, 3),
         }
-        return data
+
+    def propagation(self) -> PropagationSettings:
+        return PropagationSettings(
+            self.cfg.propagation_iou, self.cfg.propagation_box_margin, self.cfg.propagation_mask_prompt
+        )
 
 
 class Sam2DInfer(SamInferTask):
@@ -128,7 +142,67 @@ class Sam3DInfer(SamInferTask):
     dimension_of_task = 3
 
     def grow(self, volume01, k0, start, k_range):
-        settings = PropagationSettings(
-            self.cfg.propagation_iou, self.cfg.propagation_box_margin, self.cfg.propagation_mask_prompt
-        )
-        return propagate(self.engine, volume01, k0, start, k_range, settings)
+        return propagate(self.engine, volume01, k0, start, k_range, self.propagation())
+
+
+class SamAutoInfer(SamInferTask):
+    """``sam_auto``: a first label for an image, with no clicks (a segmentation model to viewers).
+
+    Each object the saved labels of similar images agree on (:mod:`samlabel.auto_prompts`) becomes a
+    box on its typical middle slice, segmented by the served model like a viewer's roi and propagated
+    like ``sam_3d`` within the typical slice range; proposals SAM itself rates below ``auto_min_iou``
+    are dropped. The annotator accepts the result or corrects objects with ``sam_2d``.
+    """
+
+    dimension_of_task = 3
+    infer_type = InferType.SEGMENTATION
+    PROMPT_KEYS = ("foreground", "background", "roi")
+
+    def __init__(self, *args, label_files: Callable[[], list[str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_files = label_files  # the datastore's saved final labels
+        self.prior = LocationPrior(self.cfg.auto_min_support)
+
+    def label_volume(self, data: dict[str, Any], image: Any, volume: np.ndarray) -> tuple[np.ndarray, dict]:
+        given = [key for key in self.PROMPT_KEYS if data.get(key)]
+        if given:
+            raise PromptError(f"sam_auto takes no prompt ({', '.join(given)} given): use sam_2d or sam_3d")
+        wanted = data.get("label")
+        if wanted is not None and wanted not in self.labels:
+            raise PromptError(f"unknown label {wanted!r}; this model knows {sorted(self.labels)}")
+        spacing = nib.affines.voxel_sizes(np.asarray(image.affine)) if isinstance(image, MetaTensor) else (1, 1, 1)
+        labelled = self.prior.labelled(self.label_files())
+        similar = self.prior.similar(labelled, extent_mm(volume.shape, spacing))
+        if not similar:
+            raise PromptError(
+                f"sam_auto learns where labels lie from saved labels of similar images, and none of the "
+                f"{len(labelled)} saved labels comes from an image of this extent "
+                f"({' x '.join(f'{e:.0f}' for e in extent_mm(volume.shape, spacing))} mm): label this image with "
+                "sam_2d or sam_3d and save it"
+            )
+        names = {value: name for name, value in self.labels.items()}
+        values = {self.labels[wanted]} if wanted else set(names)
+        volume01 = self.normalised(image, volume)
+        label = np.zeros(volume.shape, dtype=np.uint8)
+        proposed = []
+        for proposal in self.prior.proposals(similar, values):
+            roi = proposal.roi(volume.shape)
+            prompt = parse_prompt({"roi": roi, "label": names[proposal.label_value]}, volume.shape, self.labels)
+            start, _ = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
+            entry = {"label": prompt.label_name, "roi": roi, "support": f"{proposal.support}/{proposal.images}"}
+            entry["iou"] = round(start.iou, 4)
+            entry["kept"] = bool(start.iou >= self.cfg.auto_min_iou and start.mask.any())
+            if entry["kept"]:
+                masks = propagate(self.engine, volume01, prompt.slice, start, prompt.k_range, self.propagation())
+                for k, mask in masks.items():
+                    free = volume_slice(label, k) == 0  # an earlier, better-supported object keeps its voxels
+                    put_slice(label, k, mask & free, proposal.label_value)
+                entry["slices"] = [min(masks), max(masks)]
+            proposed.append(entry)
+        kept = [p for p in proposed if p["kept"]]
+        return label, {
+            "prompt": "auto",
+            "labels": sorted({p["label"] for p in kept}),
+            "proposals": proposed,
+            "similar_labelled_images": len(similar),
+        }

@@ -3,6 +3,11 @@ similar images, in the image's geometry, accurate on real weights; clear 4xx on 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_ct_phantom, make_mr_phantom
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"liver": 1, "spleen": 2, "kidney": 3}
 
 
@@ -84,3 +90,24 @@ def test_sam_auto_bad_requests_get_a_4xx_with_a_message(auto, image, params, sta
         client.infer("sam_auto", image, params)
     assert f"Status: {status}" in str(raised.value.msg) and message in str(raised.value.msg)
     assert requests.get(f"{auto['url']}/info/", timeout=30).ok  # still serving
+
+
+def test_evaluate_scores_the_first_pass_as_0_clicks_and_counts_the_clicks_it_saves(auto, tmp_path):
+    data = tmp_path / "data"
+    (data / "labels" / "final").mkdir(parents=True)
+    image, truth = auto["truth"]["ct_2"]  # held by the server: evaluated by id
+    nib.save(image, data / "ct_2.nii.gz")
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), image.affine), data / "labels" / "final" / "ct_2.nii.gz")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate"), "--server", auto["url"], "--data", str(data)]
+    cmd += ["--model", "sam_2d", "sam_auto", "--max-clicks", "3", "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=900)
+
+    clicks, first_pass = json.loads((out / "eval.json").read_text())["runs"]
+    assert first_pass["prompt"] == "auto" and first_pass["objects"] == clicks["objects"] == 4  # two kidneys
+    liver = first_pass["per_image"]["ct_2"]["objects"]["label_1"]
+    assert liver["dice_0"] > 0.85 and liver["dice_0_3d"] > 0.85
+    then = first_pass["then_sam_2d"]
+    assert then["objects"] == 4 and then["kept"] >= 1
+    assert then["mean"]["noc85"] <= clicks["mean"]["noc85"]
+    assert then["clicks_saved_per_object"] == round(clicks["mean"]["noc85"] - then["mean"]["noc85"], 3)

@@ -7,6 +7,11 @@ REST API, resending all clicks each time as viewers do, until 20 clicks or until
 target's box is sent once: on its largest slice for ``sam_2d``, around the whole target for
 ``sam_3d``. ``sam_2d`` is scored by the slice's Dice, ``sam_3d`` by the volume's.
 
+``sam_auto`` is "0 clicks": one request per image; each target is scored by the proposed components
+of its label value that touch it (so each kidney against its own), on its largest slice and in 3-D.
+:func:`auto_then_clicks` combines that with a clicks run: an annotator keeps every proposed object
+with Dice >= 0.85 and clicks the others from scratch, which gives the clicks the first pass saves.
+
 Images the server's datastore holds are used by id; others (a hold-out set) are sent as MONAI Label
 sessions, so evaluating never adds images to the datastore that active learning picks from.
 """
@@ -24,6 +29,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monailabel.client import MONAILabelClient
+from scipy import ndimage
 
 from samlabel.evaluation import dice, largest_slice, roi_of, simulated_clicks_dice, targets
 from samlabel.geometry import volume_slice
@@ -78,14 +84,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
 class ServerModel:
     """One infer task of a server for one image (id or session); records each request's latency."""
 
-    def __init__(self, client: MONAILabelClient, model: str, image_id: str, session_id: str | None):
+    def __init__(
+        self, client: MONAILabelClient, model: str, image_id: str, session_id: str | None, binary: bool = True
+    ):
         self.client, self.model, self.image_id, self.session_id = client, model, image_id, session_id
+        self.binary = binary  # a boolean mask, or the label values (sam_auto)
         self.round_trip_ms: list[float] = []
         self.server_ms: list[float] = []
         self.last_params: dict[str, Any] = {}
 
     def __call__(self, params: dict[str, Any]) -> np.ndarray:
-        """The returned label volume ``(I, J, K)`` as a boolean mask."""
+        """The returned label volume ``(I, J, K)`` as a boolean mask (or its values, if not ``binary``)."""
         began = time.perf_counter()
         path, result = self.client.infer(self.model, self.image_id, params, session_id=self.session_id)
         self.round_trip_ms.append((time.perf_counter() - began) * 1000)
@@ -94,7 +103,8 @@ class ServerModel:
             self.server_ms.append(float(total) * 1000)
         self.last_params = result
         try:
-            return np.asarray(nib.load(path).dataobj) > 0
+            label = np.asarray(nib.load(path).dataobj)
+            return label > 0 if self.binary else label
         finally:
             Path(path).unlink(missing_ok=True)
 
@@ -209,4 +219,87 @@ def evaluate_server(
         "latency_ms": {"round_trip": percentiles(round_trip), "server": percentiles(server)},
         "seconds": round(time.perf_counter() - began, 1),
         "per_image": per_image,
+    }
+
+
+def touching(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The connected components of ``prediction`` that overlap ``truth``."""
+    components, _ = ndimage.label(prediction)
+    hit = np.unique(components[prediction & truth])
+    return np.isin(components, hit[hit > 0])
+
+
+def auto_object_scores(label: np.ndarray, truth: np.ndarray) -> dict:
+    """The first pass's Dice for one target ``truth`` (boolean), on its largest slice and in 3-D."""
+    value = int(np.bincount(label[truth].astype(np.int64)).argmax()) if truth.any() else 0
+    proposed = (label == value) & (value > 0)
+    k = largest_slice(truth)
+    on_slice = touching(volume_slice(proposed, k), volume_slice(truth, k))
+    return {
+        "slice": k,
+        "dice_0": dice(on_slice, volume_slice(truth, k)),
+        "dice_0_3d": dice(touching(proposed, truth), truth),
+    }
+
+
+def evaluate_auto(client: MONAILabelClient, cases: list[Case], model: str = "sam_auto") -> dict[str, Any]:
+    """``sam_auto`` once per image: Dice of each target with 0 clicks (2-D and 3-D), latency."""
+    began = time.perf_counter()
+    datastore_ids = set(client.datastore().get("objects", {}))
+    per_image, every_object, round_trip = {}, [], []
+    params: dict[str, Any] = {}
+    for case in cases:
+        truth = np.asarray(nib.load(case.truth).dataobj)
+        with server_image(client, case, datastore_ids) as (image_id, session_id):
+            served = ServerModel(client, model, image_id, session_id, binary=False)
+            label = served({})
+        objects = {name: auto_object_scores(label, mask) for name, mask in object_targets(truth).items()}
+        round_trip += served.round_trip_ms
+        params = served.last_params
+        per_image[case.image_id] = {
+            "objects": objects,
+            "mean": mean_scores(list(objects.values())),
+            "proposals": params.get("proposals"),
+        }
+        every_object += objects.values()
+        logger.info("%s %s: %s", model, case.image_id, per_image[case.image_id]["mean"])
+    return {
+        "model": model,
+        "prompt": "auto",
+        "model_version": params.get("model_version"),
+        "adapter_version": params.get("adapter_version"),
+        "images": len(cases),
+        "objects": len(every_object),
+        "mean": mean_scores(every_object),
+        "latency_ms": {"round_trip": percentiles(round_trip)},
+        "seconds": round(time.perf_counter() - began, 1),
+        "per_image": per_image,
+    }
+
+
+def auto_then_clicks(auto: dict, clicks: dict, dims: str, accept: float = 0.85) -> dict[str, Any]:
+    """An annotator after the first pass: a target whose proposal reaches Dice ``accept`` is kept (0
+    clicks), the others are clicked from scratch as in ``clicks`` (a sam_2d run for ``dims`` "2d",
+    sam_3d for "3d"). Returns mean Dice after 0, 1, 3, 5 clicks, NoC@85 and the clicks saved."""
+    key = "dice_0" if dims == "2d" else "dice_0_3d"
+    rows, saved = [], []
+    for image_id, image in auto["per_image"].items():
+        for name, scores in image["objects"].items():
+            clicked = clicks["per_image"][image_id]["objects"][name]
+            kept = scores[key] >= accept
+            row = {"dice_0": scores[key], "kept": float(kept)}
+            for n in (1, 3, 5):
+                if f"dice_{n}" in clicked:
+                    row[f"dice_{n}"] = scores[key] if kept else clicked[f"dice_{n}"]
+            if "noc85" in clicked:
+                row["noc85"] = 0 if kept else clicked["noc85"]
+                saved.append(clicked["noc85"] - row["noc85"])
+            rows.append(row)
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]} if rows else {}
+    return {
+        "accept": accept,
+        "objects": len(rows),
+        "kept": int(sum(r["kept"] for r in rows)),
+        "mean": mean,
+        "clicks_saved_per_object": round(float(np.mean(saved)), 3) if saved else None,
     }

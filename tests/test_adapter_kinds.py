@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from samlabel.adapter_file import AdapterError, AdapterInfo, read_adapter, save_adapter
+from samlabel.adapter_versions import AdapterVersions, VersionError, VersionRecord, start_record
 from samlabel.adapters import (
     adapter_factory,
     adapter_kind,
@@ -166,6 +167,15 @@ def test_a_file_of_one_kind_is_refused_when_served_as_another(tmp_path):
     assert plain.version.endswith("plain-test")
     with pytest.raises(AdapterError, match="holds hyp_adpt encoder adapters, and this server serves plain"):
         plain.serve_adapter(str(files["hyp_adpt"]))
+
+    # the versions API refuses to serve a version of another kind (409 there)
+    versions = AdapterVersions(tmp_path / "sam_adapter", start_record("sd_trans", BASE.adapter))
+    assert versions.served().kind == "sd_trans" and versions.served().version == "clicks-v1+sd_trans"
+    versions.add(VersionRecord("ft001", str(files["plain"]), "accepted", kind="plain"))
+    versions.add(VersionRecord("ft002", str(files["sd_trans"]), "accepted", kind="sd_trans"))
+    with pytest.raises(VersionError, match="ft001 has plain encoder adapters and this server serves sd_trans"):
+        versions.serve("ft001", "test")
+    assert versions.serve("ft002", "test").version == "ft002"
 
     # at start-up a served version of another kind falls back to the configured start
     cfg = load_app_config({"adapter": "hyp_adpt", "runtime": "torch", "prefetch_slices": "0"})

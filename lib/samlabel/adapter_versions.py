@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from samlabel.adapter_file import read_adapter
+from samlabel.adapter_file import configured_kind, kinds_compatible, read_adapter
 from samlabel.adapters import STATEFUL_KINDS
 from samlabel.atomic_write import write_json
 
@@ -53,6 +53,7 @@ class VersionRecord:
     validation: list[str] = field(default_factory=list)  # image ids held out to validate the run
     run_id: str = ""
     seconds: float = 0.0
+    kind: str = "plain"  # its encoder adapters' kind: a server serves only versions of its start's kind
 
 
 def now() -> str:
@@ -69,6 +70,7 @@ def start_record(choice: str, default_adapter: Path | None) -> VersionRecord:
             version=f"{default.version}+{choice}",
             adapter=choice,
             reason=f"{default.reason}, with new zero-initialised {choice} encoder adapters",
+            kind=choice,
         )
     path = default_adapter if choice == "default" else None if choice == "none" else Path(choice)
     if path is None or not path.is_file() and choice == "default":
@@ -81,6 +83,7 @@ def start_record(choice: str, default_adapter: Path | None) -> VersionRecord:
         created=info.created,
         metrics=dict(info.metrics),
         reason=f"configured starting adapter ({path.name})",
+        kind=configured_kind(choice, default_adapter),
     )
 
 
@@ -150,6 +153,11 @@ class AdapterVersions:
         record = self.record(version)
         if record.gate == "rejected":
             raise VersionError(f"{version} was rejected by the publish gate ({record.reason}); it is not served")
+        if not kinds_compatible(record.kind, self.start.kind):
+            raise VersionError(
+                f"{version} has {record.kind} encoder adapters and this server serves {self.start.kind} ones "
+                "(--conf adapter): it is not served"
+            )
         history = self.history() + [{"version": version, "at": now(), "why": why}]
         write_json(self.served_file, {"version": version, "history": history})
         logger.info("serving adapter version %s: %s", version, why)

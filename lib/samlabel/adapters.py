@@ -25,12 +25,14 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+ADAPTER_RATIO = 0.25  # bottleneck width / block width
+
 
 class BottleneckAdapter(nn.Module):
     """LayerNorm -> down-projection -> GELU -> up-projection; the up-projection starts at zero, so a new
     adapter adds exactly nothing and the adapted model equals the base model."""
 
-    def __init__(self, dim: int, ratio: float = 0.25):
+    def __init__(self, dim: int, ratio: float = ADAPTER_RATIO):
         super().__init__()
         hidden = max(int(dim * ratio), 1)
         self.norm = nn.LayerNorm(dim)
@@ -51,7 +53,7 @@ class SpaceDepthAdapter(nn.Module):
 
     kind = "sd_trans"
 
-    def __init__(self, dim: int, ratio: float = 0.25, heads: int = 4):
+    def __init__(self, dim: int, ratio: float = ADAPTER_RATIO, heads: int = 4):
         super().__init__()
         hidden = max(int(dim * ratio) // heads, 1) * heads
         self.space = BottleneckAdapter(dim, ratio)
@@ -108,7 +110,7 @@ ADAPTER_KINDS = ("plain", "sd_trans", "hyp_adpt")
 STATEFUL_KINDS = ("sd_trans", "hyp_adpt")  # their forward depends on stack_of / conditioned_on
 
 
-def adapter_factory(kind: str, ratio: float = 0.25, rank: int = 16) -> Callable[[int], nn.Module]:
+def adapter_factory(kind: str, ratio: float = ADAPTER_RATIO, rank: int = 16) -> Callable[[int], nn.Module]:
     """``width -> adapter`` for one of :data:`ADAPTER_KINDS`."""
     if kind == "plain":
         return lambda dim: BottleneckAdapter(dim, ratio)

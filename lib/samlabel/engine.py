@@ -21,7 +21,15 @@ import torch
 from segment_anything.modeling import Sam
 
 from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter, configured_kind
-from samlabel.adapters import STATEFUL_KINDS, adapter_factory, add_adapters, conditioned_on, prompt_condition, stack_of
+from samlabel.adapters import (
+    ADAPTER_RATIO,
+    STATEFUL_KINDS,
+    adapter_factory,
+    add_adapters,
+    conditioned_on,
+    prompt_condition,
+    stack_of,
+)
 from samlabel.config import AppConfig, ConfigError, ModelConfig
 from samlabel.geometry import SliceGeometry, slice_geometry, volume_slice
 from samlabel.models import build_model, load_checkpoint
@@ -211,14 +219,13 @@ class SamEngine:
         """The default adapter plus new, zero-initialised encoder adapters of ``kind`` (the model is
         unchanged until the ``sam_adapter`` trainer trains them with ``train_parts`` ``adapters``)."""
         start = self._load_adapter(model, "default")
-        ratio = 0.25
-        add_adapters(model, adapter_factory(kind, ratio, self.app_cfg.hyp_rank))
+        add_adapters(model, adapter_factory(kind, ADAPTER_RATIO, self.app_cfg.hyp_rank))
         parts = tuple(dict.fromkeys((start.parts if start else ()) + ("adapters",)))
         return AdapterInfo(
             version=f"{start.version if start else 'base'}+{kind}",
             base_model=self.model_cfg.name,
             base_sha256=self.base_sha256,
-            ratio=ratio,
+            ratio=ADAPTER_RATIO,
             parts=parts,
             kind=kind,
             depth=self.app_cfg.sd_trans_depth if kind == "sd_trans" else 1,

@@ -21,7 +21,15 @@ from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 
 from samlabel.adapter_file import AdapterInfo, save_adapter
-from samlabel.adapters import adapter_factory, adapter_kind, add_adapters, has_adapters, set_trainable, trainable_filter
+from samlabel.adapters import (
+    ADAPTER_RATIO,
+    adapter_factory,
+    adapter_kind,
+    add_adapters,
+    has_adapters,
+    set_trainable,
+    trainable_filter,
+)
 from samlabel.engine import SamEngine
 from samlabel.evaluation import box_dice, click_dice, largest_slice
 from samlabel.geometry import SliceGeometry
@@ -40,7 +48,7 @@ class TrainSettings:
     val_every: int = 100
     seed: int = 0
     parts: tuple[str, ...] = ("mask_decoder", "point_embeddings")
-    adapter_ratio: float = 0.25
+    adapter_ratio: float = ADAPTER_RATIO
     step: StepSettings = field(default_factory=StepSettings)
 
 
@@ -183,6 +191,7 @@ def train_adapter(
     report = {
         "adapter": str(out_file),
         "version": version,
+        "kind": "plain" if info.encoder_kind == "none" else info.encoder_kind,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_share": trainable / total,

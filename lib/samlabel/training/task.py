@@ -160,6 +160,7 @@ class SamAdapterTrain(BasicTrainTask):
             validation=validation,
             run_id=str(request["run_id"]),
             seconds=report["seconds"],
+            kind=report["kind"],
         )
         self.versions.add(record)
         if not publish:

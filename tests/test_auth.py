@@ -93,18 +93,23 @@ def test_serve_script_listens_on_loopback_only(secured):
 
 @pytest.mark.parametrize(
     "bearer, status",
-    [
-        (None, 401),
-        (token("user", expires_in=-60), 401),  # expired
-        (token("admin", key=OTHER_KEY), 401),  # signed by someone else
-        (jwt.encode({"exp": int(time.time()) + 600, "realm_access": {"roles": [ROLES["admin"]]}}, None, "none"), 401),
-        ("not.a.token", 401),
-        (token("user"), 200),
+    [  # made when the test runs: a token made at collection could expire before a long suite gets here
+        (lambda: None, 401),
+        (lambda: token("user", expires_in=-60), 401),  # expired
+        (lambda: token("admin", key=OTHER_KEY), 401),  # signed by someone else
+        (
+            lambda: jwt.encode(
+                {"exp": int(time.time()) + 600, "realm_access": {"roles": [ROLES["admin"]]}}, None, "none"
+            ),
+            401,
+        ),
+        (lambda: "not.a.token", 401),
+        (lambda: token("user"), 200),
     ],
     ids=["none", "expired", "foreign-key", "unsigned", "garbage", "valid"],
 )
 def test_only_valid_tokens_get_in(secured, bearer, status):
-    assert requests.get(f"{secured['url']}/info/", headers=as_user(bearer), timeout=30).status_code == status
+    assert requests.get(f"{secured['url']}/info/", headers=as_user(bearer()), timeout=30).status_code == status
 
 
 def test_roles_decide_who_clicks_saves_and_uploads_weights(secured):

@@ -247,6 +247,10 @@ def test_training_faults_leave_the_served_adapter_and_the_server_alone(hard, wai
     assert versions(url) == before and requests.get(f"{url}/info/", timeout=10).ok
 
     assert requests.post(start, json={"max_steps": 100000}).ok, "the next run starts cleanly"
+    deadline = time.monotonic() + 120  # on a busy machine the run's process takes a while to start
+    while (requests.get(f"{url}/train/", timeout=30).json() or {}).get("status") != "RUNNING":
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.5)
     assert requests.delete(f"{url}/train/", timeout=30).json()["status"] == "STOPPED"  # SIGKILL
     assert versions(url) == before
 

@@ -122,17 +122,18 @@ def train_adapter(
     encode = "adapters" in settings.parts
 
     def step(_, batch: list[int]) -> dict[str, float]:
+        """One optimiser step on the batch's mean loss; each sample's graph is freed after its backward
+        (with the encoder in the loop a graph holds every block's activations, of a whole stack for SD-Trans)."""
         model.train()
         optimizer.zero_grad()
-        losses = [
-            sample_loss(model, samples[i], SliceGeometry(*samples[i].mask.shape, img_size), loss, rng, encode)
-            for i in batch
-        ]
-        value = torch.stack(losses).mean()
-        value.backward()
+        total = 0.0
+        for i in batch:
+            value = sample_loss(model, samples[i], SliceGeometry(*samples[i].mask.shape, img_size), loss, rng, encode)
+            (value / len(batch)).backward()
+            total += float(value)
         optimizer.step()
         scheduler.step()
-        return {"loss": float(value)}
+        return {"loss": total / len(batch)}
 
     if not samples:
         raise ValueError("no training samples: the labels hold no object of at least a few pixels")

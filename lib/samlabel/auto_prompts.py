@@ -5,7 +5,7 @@ index extent. For a new image, the labels of images of the same protocol (physic
 ``tolerance`` on each axis) are pooled; boxes of one label value whose centres lie close together form
 a cluster (the left and the right kidney are two), and a cluster found in at least ``min_support`` of
 those images becomes one proposal: the median box. ``sam_auto`` prompts SAM with it on its middle
-slice and propagates; objects that move from image to image (lesions) find no support and are not
+slice and propagates; an object whose place varies from image to image finds no support and is not
 proposed. This assumes the images of a protocol share orientation and field of view.
 """
 

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from segment_anything.modeling import Sam
 
-from samlabel.adapters import STATEFUL_KINDS, adapter_factory, add_adapters, has_adapters, trainable_filter
+from samlabel.adapters import (
+    ADAPTER_RATIO,
+    STATEFUL_KINDS,
+    adapter_factory,
+    add_adapters,
+    has_adapters,
+    trainable_filter,
+)
 from samlabel.atomic_write import atomic_write
 
 FORMAT = "samlabel-adapter"
@@ -110,12 +117,33 @@ def apply_adapter(model: Sam, path: Path, base_model: str, base_sha256: str, kin
     return info
 
 
+def adapter_path(choice: str, default_adapter: Path | None) -> Path | None:
+    """The file a ``--conf adapter`` choice of ``default``, ``none`` or a path names (None for ``none``)."""
+    return default_adapter if choice == "default" else None if choice == "none" else Path(choice)
+
+
+def new_kind_info(
+    kind: str, start: AdapterInfo | None, base_model: str, base_sha256: str, depth: int, rank: int
+) -> AdapterInfo:
+    """What a server starting ``start`` plus new, zero-initialised encoder adapters of ``kind`` serves."""
+    return AdapterInfo(
+        version=f"{start.version if start else 'base'}+{kind}",
+        base_model=base_model,
+        base_sha256=base_sha256,
+        ratio=ADAPTER_RATIO,
+        parts=tuple(dict.fromkeys((start.parts if start else ()) + ("adapters",))),
+        kind=kind,
+        depth=depth if kind == "sd_trans" else 1,
+        rank=rank if kind == "hyp_adpt" else 0,
+    )
+
+
 def configured_kind(choice: str, default_adapter: Path | None) -> str:
     """The encoder-adapter kind a ``--conf adapter`` choice sets up: ``sd_trans`` / ``hyp_adpt`` (new
     adapters of that kind), or the kind of the file it names (``plain`` for none or a decoder-only file)."""
     if choice in STATEFUL_KINDS:
         return choice
-    path = default_adapter if choice == "default" else None if choice == "none" else Path(choice)
+    path = adapter_path(choice, default_adapter)
     if path is None or not path.is_file():
         return "plain"
     try:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from samlabel.adapter_file import configured_kind, kinds_compatible, read_adapter
+from samlabel.adapter_file import adapter_path, configured_kind, kinds_compatible, read_adapter
 from samlabel.adapters import STATEFUL_KINDS
 from samlabel.atomic_write import write_json
 
@@ -72,7 +72,7 @@ def start_record(choice: str, default_adapter: Path | None) -> VersionRecord:
             reason=f"{default.reason}, with new zero-initialised {choice} encoder adapters",
             kind=choice,
         )
-    path = default_adapter if choice == "default" else None if choice == "none" else Path(choice)
+    path = adapter_path(choice, default_adapter)
     if path is None or not path.is_file() and choice == "default":
         return VersionRecord(version="base", adapter=choice, gate="start", reason="base weights, no adapter")
     info, _ = read_adapter(path)

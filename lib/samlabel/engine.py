@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter, configured_kind
+from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter, configured_kind, new_kind_info
 from samlabel.adapters import (
     ADAPTER_RATIO,
     STATEFUL_KINDS,
@@ -220,17 +220,8 @@ class SamEngine:
         unchanged until the ``sam_adapter`` trainer trains them with ``train_parts`` ``adapters``)."""
         start = self._load_adapter(model, "default")
         add_adapters(model, adapter_factory(kind, ADAPTER_RATIO, self.app_cfg.hyp_rank))
-        parts = tuple(dict.fromkeys((start.parts if start else ()) + ("adapters",)))
-        return AdapterInfo(
-            version=f"{start.version if start else 'base'}+{kind}",
-            base_model=self.model_cfg.name,
-            base_sha256=self.base_sha256,
-            ratio=ADAPTER_RATIO,
-            parts=parts,
-            kind=kind,
-            depth=self.app_cfg.sd_trans_depth if kind == "sd_trans" else 1,
-            rank=self.app_cfg.hyp_rank if kind == "hyp_adpt" else 0,
-        )
+        cfg = self.app_cfg
+        return new_kind_info(kind, start, self.model_cfg.name, self.base_sha256, cfg.sd_trans_depth, cfg.hyp_rank)
 
     def geometry(self, volume_shape: tuple[int, ...]) -> SliceGeometry:
         return slice_geometry(volume_shape, self.model_cfg.img_size)

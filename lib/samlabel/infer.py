@@ -172,12 +172,13 @@ class SamAutoInfer(SamInferTask):
             raise PromptError(f"unknown label {wanted!r}; this model knows {sorted(self.labels)}")
         spacing = nib.affines.voxel_sizes(np.asarray(image.affine)) if isinstance(image, MetaTensor) else (1, 1, 1)
         labelled = self.prior.labelled(self.label_files())
-        similar = self.prior.similar(labelled, extent_mm(volume.shape, spacing))
+        extent = extent_mm(volume.shape, spacing)
+        similar = self.prior.similar(labelled, extent)
         if not similar:
             raise PromptError(
                 f"sam_auto learns where labels lie from saved labels of similar images, and none of the "
                 f"{len(labelled)} saved labels comes from an image of this extent "
-                f"({' x '.join(f'{e:.0f}' for e in extent_mm(volume.shape, spacing))} mm): label this image with "
+                f"({' x '.join(f'{e:.0f}' for e in extent)} mm): label this image with "
                 "sam_2d or sam_3d and save it"
             )
         names = {value: name for name, value in self.labels.items()}

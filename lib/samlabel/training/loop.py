@@ -110,6 +110,8 @@ def train_adapter(
     had, so a decoder-only run on top of encoder adapters keeps them. Returns the report: validation
     before and during training, the best metrics, the trainable share.
     """
+    if engine.runtime != "torch":  # an exported graph would validate the weights it was exported with
+        raise ValueError(f"training needs an engine on the torch runtime, not {engine.runtime}")
     model = engine.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -9,11 +9,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from samlabel.adapter_file import read_adapter
+from samlabel.config import load_model_config
 from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_LABELS = "liver,spleen,kidney"
+# the click adapter the default model ships and serves (configs/models/litemedsam.yaml)
+SHIPPED_VERSION = read_adapter(load_model_config("litemedsam").adapter)[0].version
 # --conf pairs for a real but tiny fine-tuning run (about a minute on 2 CPU cores)
 TINY_RUN = ("train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2")
 

@@ -15,6 +15,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
+from conftest import SHIPPED_VERSION
 from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom, write_labelled_studies
 
@@ -125,7 +126,7 @@ def test_evaluate_script_through_the_server(server, studies, tmp_path):
     report = json.loads((out / "eval.json").read_text())
     (run,) = report["runs"]
     assert set(run["per_image"]) == {"ct_phantom_000", "ct_007"}
-    assert run["objects"] >= 6 and run["adapter_version"] == "clicks-v1"
+    assert run["objects"] >= 6 and run["adapter_version"] == SHIPPED_VERSION
     assert run["mean"]["dice_1"] > 0.8, run["mean"]  # the shipped click adapter on CT-like organs
     assert run["latency_ms"]["round_trip"]["n"] >= run["objects"]
     assert run["latency_ms"]["round_trip"]["p95"] >= run["latency_ms"]["round_trip"]["p50"] > 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHIPPED_VERSION
 from samlabel.adapter_file import AdapterError, AdapterInfo, read_adapter, save_adapter
 from samlabel.adapter_versions import AdapterVersions, VersionError, VersionRecord, start_record
 from samlabel.adapters import (
@@ -109,7 +110,8 @@ def test_hyp_adpt_output_depends_on_the_prompt(base_path, slices):
 def test_engine_encodes_fixed_stacks_of_any_depth_like_the_base_model():
     volume01 = np.random.default_rng(0).random((96, 80, 7)).astype(np.float32)
     plain, stacked = engine("default"), engine("sd_trans")
-    assert stacked.kind == "sd_trans" and stacked.stack_depth == 3 and stacked.version.endswith("clicks-v1+sd_trans")
+    assert stacked.kind == "sd_trans" and stacked.stack_depth == 3
+    assert stacked.version.endswith(f"{SHIPPED_VERSION}+sd_trans")
     assert [stacked.stack(7, k) for k in (0, 4, 6)] == [(0, 1, 2), (3, 4, 5), (6,)]
     # slices 1 and 6: the stacks (0, 1, 2) and (6,) of depth 3 and 1
     got = stacked.embed_slices(volume01, [6, 1])
@@ -170,7 +172,7 @@ def test_a_file_of_one_kind_is_refused_when_served_as_another(tmp_path):
 
     # the versions API refuses to serve a version of another kind (409 there)
     versions = AdapterVersions(tmp_path / "sam_adapter", start_record("sd_trans", BASE.adapter))
-    assert versions.served().kind == "sd_trans" and versions.served().version == "clicks-v1+sd_trans"
+    assert versions.served().kind == "sd_trans" and versions.served().version == f"{SHIPPED_VERSION}+sd_trans"
     versions.add(VersionRecord("ft001", str(files["plain"]), "accepted", kind="plain"))
     versions.add(VersionRecord("ft002", str(files["sd_trans"]), "accepted", kind="sd_trans"))
     with pytest.raises(VersionError, match="ft001 has plain encoder adapters and this server serves sd_trans"):
@@ -180,7 +182,7 @@ def test_a_file_of_one_kind_is_refused_when_served_as_another(tmp_path):
     # at start-up a served version of another kind falls back to the configured start
     cfg = load_app_config({"adapter": "hyp_adpt", "runtime": "torch", "prefetch_slices": "0"})
     started = SamEngine(BASE, cfg, str(files["sd_trans"]), fallback="hyp_adpt")
-    assert started.version.endswith("clicks-v1+hyp_adpt") and str(files["sd_trans"]) in started.refused
+    assert started.version.endswith(f"{SHIPPED_VERSION}+hyp_adpt") and str(files["sd_trans"]) in started.refused
 
 
 @pytest.mark.parametrize("kind", KINDS)

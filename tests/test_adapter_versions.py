@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import SHIPPED_VERSION
 from samlabel.adapter_versions import AdapterVersions, VersionError, VersionRecord, publish_decision, start_record
 from samlabel.config import load_model_config
 
@@ -32,11 +33,11 @@ def version(name, parent, gate="accepted", created="2026-01-01T00:00:01"):
 
 def test_serve_rollback_and_restart(tmp_path):
     start = start_record("default", load_model_config("litemedsam").adapter)
-    assert start.version == "clicks-v1" and start.gate == "start"
+    assert start.version == SHIPPED_VERSION and start.gate == "start"
     versions = AdapterVersions(tmp_path, start)
     assert versions.served() == start and versions.next_version() == "ft001"
 
-    versions.add(version("ft001", "clicks-v1", created="2026-01-01T00:00:01"))
+    versions.add(version("ft001", SHIPPED_VERSION, created="2026-01-01T00:00:01"))
     versions.serve("ft001", "published")
     versions.add(version("ft002", "ft001", gate="rejected", created="2026-01-01T00:00:02"))
     assert versions.next_version() == "ft003"
@@ -47,13 +48,13 @@ def test_serve_rollback_and_restart(tmp_path):
 
     again = AdapterVersions(tmp_path, start)  # what a restarted server reads
     assert again.served().version == "ft001"
-    assert [r.version for r in again.records()] == ["clicks-v1", "ft001", "ft002"]
-    assert again.rollback().version == "clicks-v1" and versions.served().version == "clicks-v1"
+    assert [r.version for r in again.records()] == [SHIPPED_VERSION, "ft001", "ft002"]
+    assert again.rollback().version == SHIPPED_VERSION and versions.served().version == SHIPPED_VERSION
     with pytest.raises(VersionError, match="nothing to roll back"):
         again.rollback()
     assert [h["version"] for h in json.loads((tmp_path / "served.json").read_text())["history"]] == [
         "ft001",
-        "clicks-v1",
+        SHIPPED_VERSION,
     ]
     assert not list(tmp_path.glob(".*")), "no temp files left behind"
 

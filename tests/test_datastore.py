@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import SHIPPED_VERSION
 from samlabel.datastore import DatastoreError, SafeLocalDatastore, check_name
 from samlabel.engine import SamEngine
 
@@ -115,9 +116,9 @@ def test_a_corrupt_served_adapter_falls_back_at_start(tmp_path):
     corrupt = tmp_path / "ft001.pt"
     corrupt.write_bytes(model_cfg.adapter.read_bytes()[:5000])  # a truncated copy of a real adapter file
     engine = SamEngine(model_cfg, cfg, str(corrupt), fallback="default")
-    assert engine.adapter is not None and engine.adapter.version == "clicks-v1"
+    assert engine.adapter is not None and engine.adapter.version == SHIPPED_VERSION
     assert str(corrupt) in engine.status()["refused_adapters"]
     engine.use_adapter(str(corrupt))  # asked again on every request: refused once, not reloaded
-    assert engine.adapter.version == "clicks-v1"
+    assert engine.adapter.version == SHIPPED_VERSION
     with pytest.raises(Exception, match="cannot read adapter"):
         SamEngine(model_cfg, cfg, str(corrupt))  # the trainer has no fallback: it must not train on it

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 
+from conftest import SHIPPED_VERSION
 from samlabel.adapter_versions import AdapterVersions, VersionRecord, start_record
 from samlabel.config import load_model_config
 from samlabel.local_server import start_server, stop_server
@@ -272,13 +273,13 @@ def test_a_corrupt_version_is_refused_and_a_good_one_is_served_without_a_failed_
     corrupt = store.adapter_path("ft900")
     corrupt.parent.mkdir(parents=True, exist_ok=True)
     corrupt.write_bytes(model_cfg.adapter.read_bytes()[:4000])
-    store.add(VersionRecord("ft900", str(corrupt), "accepted", parent="clicks-v1"))
+    store.add(VersionRecord("ft900", str(corrupt), "accepted", parent=SHIPPED_VERSION))
     store.serve("ft900", "test: a corrupt file")
-    assert client.infer("sam_2d", "tiny", click)[1]["adapter_version"] == "clicks-v1"
+    assert client.infer("sam_2d", "tiny", click)[1]["adapter_version"] == SHIPPED_VERSION
     assert str(corrupt) in requests.get(f"{url}/info/", timeout=10).json()["engine"]["refused_adapters"]
 
     good = adapter_like_default(store.adapter_path("ft901"), "ft901")
-    store.add(VersionRecord("ft901", str(good), "accepted", parent="clicks-v1"))
+    store.add(VersionRecord("ft901", str(good), "accepted", parent=SHIPPED_VERSION))
     seen, failures, stop = [], [], threading.Event()
 
     def click_in_a_loop():
@@ -298,8 +299,8 @@ def test_a_corrupt_version_is_refused_and_a_good_one_is_served_without_a_failed_
     store.serve("ft901", "test: published while clicks run")
     stop.set()
     loop.join(timeout=120)
-    assert not failures and seen[0] == "clicks-v1" and seen[-1] == "ft901", (failures, seen)
-    store.rollback("clicks-v1")
+    assert not failures and seen[0] == SHIPPED_VERSION and seen[-1] == "ft901", (failures, seen)
+    store.rollback(SHIPPED_VERSION)
 
 
 def test_load_eight_annotators_during_fine_tuning(tmp_path):

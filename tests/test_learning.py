@@ -16,7 +16,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from conftest import ROOT, TINY_RUN
+from conftest import ROOT, SHIPPED_VERSION, TINY_RUN
 from samlabel.local_server import start_server, stop_server
 from samlabel.sample_data import make_ct_phantom
 
@@ -70,18 +70,18 @@ def all_runs(server) -> list[dict]:
 
 
 def test_saving_n_labels_triggers_exactly_one_run_and_serves_its_version(server, client, setup, wait_for_training):
-    assert served_by_infer(client) == "clicks-v1"
+    assert served_by_infer(client) == SHIPPED_VERSION
     first = save(client, setup, IMAGES[0])["training"]
     assert first == {"train_every": 2, "saved_since_last_run": 1, "run_requested": False, "runs_started": 0}
     time.sleep(3)
-    assert versions(server)["served"] == "clicks-v1" and len(versions(server)["versions"]) == 1
+    assert versions(server)["served"] == SHIPPED_VERSION and len(versions(server)["versions"]) == 1
     assert save(client, setup, IMAGES[1])["training"]["run_requested"]
 
     assert wait_for_training(client)["status"] == "DONE"
     listed = versions(server)
-    assert [v["version"] for v in listed["versions"]] == ["clicks-v1", "ft001"]
+    assert [v["version"] for v in listed["versions"]] == [SHIPPED_VERSION, "ft001"]
     ft001 = listed["versions"][1]
-    assert ft001["gate"] == "accepted" and ft001["parent"] == "clicks-v1" and ft001["served"]
+    assert ft001["gate"] == "accepted" and ft001["parent"] == SHIPPED_VERSION and ft001["served"]
     assert sorted(ft001["new_labels"]) == IMAGES[:2] and set(ft001["metrics"]) >= {"dice_1", "dice_3", "dice_box"}
     assert Path(ft001["adapter"]).is_file()
     assert len(all_runs(server)) == 1
@@ -98,8 +98,8 @@ def test_a_worse_version_is_kept_but_not_served_and_rollback_works(server, clien
     assert requests.post(f"{server}/adapter/rollback", params={"version": rejected["version"]}).status_code == 409
 
     answer = requests.post(f"{server}/adapter/rollback", timeout=10)
-    assert answer.ok and answer.json()["served"] == "clicks-v1"
-    assert served_by_infer(client) == "clicks-v1", "rollback is served on the next request"
+    assert answer.ok and answer.json()["served"] == SHIPPED_VERSION
+    assert served_by_infer(client) == SHIPPED_VERSION, "rollback is served on the next request"
     assert requests.post(f"{server}/adapter/rollback", timeout=10).status_code == 409, "nothing before the start"
     assert requests.post(f"{server}/adapter/rollback", params={"version": "no_such"}).status_code == 404
     assert requests.post(f"{server}/adapter/rollback", params={"version": "ft001"}).json()["served"] == "ft001"

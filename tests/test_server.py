@@ -12,6 +12,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
+from conftest import SHIPPED_VERSION
 from samlabel.evaluation import dice
 from samlabel.sample_data import make_ct_phantom
 
@@ -127,7 +128,7 @@ def test_shipped_click_adapter_answers_a_single_click(client, liver):
     truth = liver["mask"][:, :, k]
     i, j = np.unravel_index(np.argmax(ndimage.distance_transform_edt(truth)), truth.shape)
     label, _, result = infer(client, "sam_2d", {"foreground": [[int(i), int(j), k]]})
-    assert result["adapter_version"] == "clicks-v1" and result["model_version"].endswith("+clicks-v1")
+    assert result["adapter_version"] == SHIPPED_VERSION and result["model_version"].endswith(f"+{SHIPPED_VERSION}")
     assert dice(label[:, :, k] > 0, truth) >= 0.7
 
 

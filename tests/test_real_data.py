@@ -155,24 +155,29 @@ def test_written_split_has_the_structures_provenance_and_no_shared_voxels(real: 
 
 
 @pytest.mark.slow
-def test_shipped_click_adapter_on_a_real_ct_liver_through_the_server(real: Path, tmp_path: Path) -> None:
-    """The default adapter, on a patient's liver it never trained on (TotalSegmentator's mask)."""
+def test_shipped_click_adapter_on_real_ct_structures_through_the_server(real: Path, tmp_path: Path) -> None:
+    """The default adapter on a patient it never trained on (TotalSegmentator's masks): the liver, and the
+    T12 vertebra, where clicks-v1 got Dice 0 after 3 clicks."""
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(real / "eval" / "ts_ct_abdomen_dicom.nii.gz", studies)
-    truth = tmp_path / "truth.nii.gz"
+    names = json.loads((real / "eval" / "labels.json").read_text())["ts_ct_abdomen_dicom"]
     label = nib.load(real / "eval" / "labels" / "final" / "ts_ct_abdomen_dicom.nii.gz")
-    liver = json.loads((real / "eval" / "labels.json").read_text())["ts_ct_abdomen_dicom"]["liver"]
-    nib.save(nib.Nifti1Image((np.asarray(label.dataobj) == liver).astype(np.uint8), label.affine), truth)
-    proc, url = start_server(studies, tmp_path / "server.log", "labels", "liver", "model_dir", str(tmp_path / "m"))
+    values = np.asarray(label.dataobj)
+    truth = (values == names["liver"]) * 1 + (values == names["vertebrae_T12"]) * 2
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), label.affine), tmp_path / "truth.nii.gz")
+    proc, url = start_server(studies, tmp_path / "server.log", "labels", "liver,t12", "model_dir", str(tmp_path / "m"))
     try:
         client = MONAILabelClient(url, tmpdir=str(tmp_path))
-        case = [Case("ts_ct_abdomen_dicom", studies / "ts_ct_abdomen_dicom.nii.gz", truth)]
+        case = [Case("ts_ct_abdomen_dicom", studies / "ts_ct_abdomen_dicom.nii.gz", tmp_path / "truth.nii.gz")]
         clicks = evaluate_server(client, case, "sam_2d", "clicks", max_clicks=5, reported=(1, 3, 5), noc_at=(0.85,))
         box = evaluate_server(client, case, "sam_2d", "box")
     finally:
         stop_server(proc)
     assert clicks["adapter_version"] == SHIPPED_VERSION == "clicks-v2"
-    assert clicks["mean"]["dice_1"] >= 0.80 and clicks["mean"]["dice_5"] >= 0.85, clicks["mean"]
-    assert clicks["mean"]["dice_5"] >= clicks["mean"]["dice_1"] - 0.02  # more clicks do not make it worse
-    assert box["mean"]["dice_box"] >= 0.85, box["mean"]
+    liver, t12 = (clicks["per_image"]["ts_ct_abdomen_dicom"]["objects"][f"label_{v}"] for v in (1, 2))
+    assert liver["dice_1"] >= 0.7 and liver["dice_5"] >= 0.9, liver
+    assert t12["dice_3"] >= 0.6, t12
+    assert min(liver["dice"][2:]) >= liver["dice"][0]  # the 3rd to 5th clicks never undo the first
+    boxes = box["per_image"]["ts_ct_abdomen_dicom"]["objects"]
+    assert boxes["label_1"]["dice_box"] >= 0.9 and boxes["label_2"]["dice_box"] >= 0.65, boxes

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samlabel.server_evaluation import evaluate_target, noc, object_targets, studies_cases
+from samlabel.server_evaluation import evaluate_target, noc, object_targets, structure_scores, studies_cases
 
 SHAPE = (20, 16, 5)  # (I, J, K)
 
@@ -110,3 +110,24 @@ def test_studies_layout_pairs_images_with_their_final_labels(tmp_path):
     assert [c.image_id for c in cases] == ["a"] and cases[0].truth.parent.name == "final"
     with pytest.raises(FileNotFoundError):
         studies_cases(tmp_path / "labels")
+
+
+def test_structure_scores_average_a_structures_objects_and_name_them() -> None:
+    run = {
+        "per_image": {
+            "ct": {
+                "objects": {
+                    "label_1": {"dice_1": 0.9, "dice": [0.9]},
+                    "label_2_1": {"dice_1": 0.4},
+                    "label_2_2": {"dice_1": 0.6},
+                }
+            },
+            "mr": {"objects": {"label_1": {"dice_1": 0.2, "noc85": 20}}},
+        }
+    }
+    names = {"ct": {"liver": 1, "vertebrae": 2}, "mr": {"kidney": 1}}
+    assert structure_scores(run, names) == {
+        "ct/liver": {"dice_1": 0.9},
+        "ct/vertebrae": {"dice_1": 0.5},
+        "mr/kidney": {"dice_1": 0.2, "noc85": 20.0},
+    }

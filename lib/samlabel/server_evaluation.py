@@ -170,6 +170,18 @@ def mean_scores(objects: list[dict]) -> dict[str, float]:
     return {key: round(float(np.mean([o[key] for o in objects])), 4) for key in keys}
 
 
+def structure_scores(run: dict[str, Any], names: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    """Mean scores per ``image/structure`` of a run, over the structure's connected objects; ``names`` maps
+    image id -> structure -> label value (a studies folder's ``labels.json``)."""
+    rows: dict[str, list[dict]] = {}
+    for image_id, image in run["per_image"].items():
+        value_names = {f"label_{v}": s for s, v in names[image_id].items()}
+        for target, scores in image["objects"].items():
+            structure = value_names.get(target) or value_names[target.rsplit("_", 1)[0]]  # label_<v>[_<n>]
+            rows.setdefault(f"{image_id}/{structure}", []).append(scores)
+    return {name: mean_scores(objects) for name, objects in sorted(rows.items())}
+
+
 def evaluate_server(
     client: MONAILabelClient,
     cases: list[Case],

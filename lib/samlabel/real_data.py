@@ -289,8 +289,10 @@ def write_real_studies(
             for study in wanted:
                 progress(f"{study.name} ({study.split}): converting")
                 image, label, names = convert(study, root, source)
-                for folder in (Path(out) / study.split, Path(out) / "studies"):
-                    atomic_write(folder / f"{study.name}.nii.gz", lambda p, im=image: nib.save(im, p))
+                written = atomic_write(
+                    Path(out) / study.split / f"{study.name}.nii.gz", lambda p, im=image: nib.save(im, p)
+                )
+                atomic_write(Path(out) / "studies" / written.name, lambda p, src=written: shutil.copyfile(src, p))
                 atomic_write(
                     Path(out) / study.split / "labels" / "final" / f"{study.name}.nii.gz",
                     lambda p, lab=label: nib.save(lab, p),

@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samlabel.adapter_file import read_adapter
+from samlabel.adapters.files import read_adapter
 from samlabel.config import load_model_config
-from samlabel.local_server import start_server, stop_server
-from samlabel.sample_data import make_ct_phantom
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.sample_data import make_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_LABELS = "liver,spleen,kidney"

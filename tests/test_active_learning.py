@@ -16,8 +16,8 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from conftest import SHIPPED_VERSION
-from samlabel.local_server import start_server, stop_server
-from samlabel.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom, write_labelled_studies
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom, write_labelled_studies
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

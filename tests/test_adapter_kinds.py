@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import SHIPPED_VERSION
-from samlabel.adapter_file import AdapterError, AdapterInfo, read_adapter, save_adapter
-from samlabel.adapter_versions import AdapterVersions, VersionError, VersionRecord, start_record
-from samlabel.adapters import (
+from samlabel.adapters.choice import start_record
+from samlabel.adapters.files import AdapterError, AdapterInfo, read_adapter, save_adapter
+from samlabel.adapters.layers import (
     adapter_factory,
     adapter_kind,
     add_adapters,
@@ -22,13 +22,14 @@ from samlabel.adapters import (
     stack_of,
     transformer_blocks,
 )
+from samlabel.adapters.versions import AdapterVersions, VersionError, VersionRecord
 from samlabel.config import load_app_config, load_model_config
-from samlabel.engine import SamEngine
-from samlabel.geometry import SliceGeometry
-from samlabel.models import build_model, load_checkpoint
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.geometry import SliceGeometry
+from samlabel.model.registry import build_model, load_checkpoint
+from samlabel.model.weights import resolve_weights, sha256_file
 from samlabel.training.samples import slice_samples
 from samlabel.training.step import InteractiveLoss, StepSettings, sample_loss
-from samlabel.weights import resolve_weights, sha256_file
 
 BASE = load_model_config("litemedsam")
 KINDS = ("plain", "sd_trans", "hyp_adpt")
@@ -191,7 +192,7 @@ def test_each_kind_trains_its_encoder_adapters(kind, base_path, ct_phantom):
     if kind == "plain":
         add_adapters(served.model, adapter_factory("plain"))
     image, label = ct_phantom
-    from samlabel.preprocess import normalize_volume
+    from samlabel.inference.preprocess import normalize_volume
 
     volume01 = normalize_volume(np.asarray(image.dataobj), modality="ct")
     k = int(np.argmax((label == 1).sum(axis=(0, 1))))

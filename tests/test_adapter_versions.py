@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import SHIPPED_VERSION
-from samlabel.adapter_versions import AdapterVersions, VersionError, VersionRecord, publish_decision, start_record
+from samlabel.adapters.choice import start_record
+from samlabel.adapters.versions import AdapterVersions, VersionError, VersionRecord, publish_decision
 from samlabel.config import load_model_config
 
 SERVED = {"dice_1": 0.80, "dice_3": 0.90, "dice_box": 0.95}

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from samlabel.adapter_file import AdapterError, AdapterInfo, apply_adapter, read_adapter, save_adapter
-from samlabel.adapters import TRAINABLE_PARTS, add_adapters, set_trainable, transformer_blocks
+from samlabel.adapters.files import AdapterError, AdapterInfo, apply_adapter, read_adapter, save_adapter
+from samlabel.adapters.layers import TRAINABLE_PARTS, add_adapters, set_trainable, transformer_blocks
 from samlabel.config import load_app_config, load_model_config
-from samlabel.engine import SamEngine
-from samlabel.geometry import SliceGeometry
-from samlabel.models import build_model, load_checkpoint
-from samlabel.preprocess import normalize_volume
-from samlabel.sample_data import make_ct_phantom
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.geometry import SliceGeometry
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.model.registry import build_model, load_checkpoint
+from samlabel.model.weights import resolve_weights, sha256_file
+from samlabel.tools.sample_data import make_ct_phantom
 from samlabel.training.samples import slice_samples
 from samlabel.training.step import InteractiveLoss, StepSettings, sample_loss
-from samlabel.weights import resolve_weights, sha256_file
 
 BASE = load_model_config("litemedsam")
 

@@ -17,8 +17,8 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from samlabel.local_server import free_port, start_serve_script, stop_server
-from samlabel.sample_data import make_ct_phantom
+from samlabel.tools.local_server import free_port, start_serve_script, stop_server
+from samlabel.tools.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 ROLES = {"admin": "monailabel-admin", "annotator": "monailabel-annotator", "user": "monailabel-user"}

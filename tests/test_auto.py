@@ -15,10 +15,10 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from samlabel.auto_prompts import LocationPrior, describe_label
-from samlabel.evaluation import dice
-from samlabel.local_server import start_server, stop_server
-from samlabel.sample_data import make_ct_phantom, make_mr_phantom
+from samlabel.evaluation.metrics import dice
+from samlabel.inference.location_prior import LocationPrior, describe_label
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.sample_data import make_ct_phantom, make_mr_phantom
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

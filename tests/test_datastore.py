@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import SHIPPED_VERSION
-from samlabel.datastore import DatastoreError, SafeLocalDatastore, check_name
-from samlabel.engine import SamEngine
+from samlabel.datastore.local import DatastoreError, SafeLocalDatastore, check_name
+from samlabel.inference.engine import SamEngine
 
 SHAPE = (32, 24, 6)
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
@@ -65,7 +65,7 @@ def save_in_child(studies: Path, label: Path, preamble: str) -> subprocess.Popen
     code = "\n".join(
         [
             "import resource, signal",
-            "from samlabel.datastore import SafeLocalDatastore",
+            "from samlabel.datastore.local import SafeLocalDatastore",
             preamble,
             f"store = SafeLocalDatastore({str(studies)!r}, extensions=('*.nii.gz', '*.nii'), label_values={{1, 2, 3}})",
             "while True:",

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from samlabel.config import load_app_config, load_model_config
-from samlabel.engine import SamEngine
-from samlabel.evaluation import box_dice, largest_slice, roi_volume_dice, targets
-from samlabel.preprocess import normalize_volume
-from samlabel.propagation import PropagationSettings
-from samlabel.sample_data import LABELS, make_ct_phantom
-from samlabel.tensor_cache import TensorCache
+from samlabel.evaluation.metrics import box_dice, largest_slice, roi_volume_dice, targets
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.inference.propagation import PropagationSettings
+from samlabel.inference.tensor_cache import TensorCache
+from samlabel.tools.sample_data import LABELS, make_ct_phantom
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from samlabel.geometry import SliceGeometry, mask_box, put_slice, slice_geometry, volume_slice
+from samlabel.inference.geometry import SliceGeometry, mask_box, put_slice, slice_geometry, volume_slice
 
 SHAPES = [(160, 128, 48), (37, 301, 5), (600, 90, 3), (256, 256, 2), (97, 97, 1)]
 

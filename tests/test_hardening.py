@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 
 from conftest import SHIPPED_VERSION
-from samlabel.adapter_versions import AdapterVersions, VersionRecord, start_record
+from samlabel.adapters.choice import start_record
+from samlabel.adapters.versions import AdapterVersions, VersionRecord
 from samlabel.config import load_model_config
-from samlabel.local_server import start_server, stop_server
-from samlabel.sample_data import make_ct_phantom
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from conftest import ROOT, SHIPPED_VERSION, TINY_RUN
-from samlabel.local_server import start_server, stop_server
-from samlabel.sample_data import make_ct_phantom
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 IMAGES = [f"ct_{seed}" for seed in range(5)]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from samlabel.config import load_model_config
-from samlabel.models import build_model, load_checkpoint
-from samlabel.weights import resolve_weights
+from samlabel.model.registry import build_model, load_checkpoint
+from samlabel.model.weights import resolve_weights
 
 GLOBAL_BLOCK, WINDOWED_BLOCK = 2, 0  # vit_b: blocks 2, 5, 8, 11 use global attention
 

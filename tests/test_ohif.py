@@ -20,11 +20,12 @@ import pytest
 import requests
 from scipy import ndimage
 
-from samlabel.dicom_export import RAS_TO_LPS, series_datasets, uid, upload
-from samlabel.local_server import start_server, stop_server
-from samlabel.orthanc import OrthancUnavailable, start_orthanc
-from samlabel.pacs_datastore import pacs_client
-from samlabel.sample_data import make_ct_phantom
+from samlabel.datastore.pacs import pacs_client
+from samlabel.datastore.uids import uid
+from samlabel.tools.dicom_export import RAS_TO_LPS, series_datasets, upload
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.orthanc import OrthancUnavailable, start_orthanc
+from samlabel.tools.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 

@@ -20,12 +20,13 @@ from monailabel.client.client import MONAILabelClientException
 
 from conftest import TINY_RUN
 from pacs_proxy import FaultyPacsProxy
-from samlabel.dicom_export import RAS_TO_LPS, series_datasets, uid, upload
-from samlabel.dicom_seg import seg_to_label
-from samlabel.local_server import start_server, stop_server
-from samlabel.orthanc import OrthancUnavailable, start_orthanc
-from samlabel.pacs_datastore import PacsDatastore, pacs_client
-from samlabel.sample_data import ASYMMETRIC_LABELS, make_asymmetric_phantom
+from samlabel.datastore.dicom_seg import seg_to_label
+from samlabel.datastore.pacs import PacsDatastore, pacs_client
+from samlabel.datastore.uids import uid
+from samlabel.tools.dicom_export import RAS_TO_LPS, series_datasets, upload
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.orthanc import OrthancUnavailable, start_orthanc
+from samlabel.tools.sample_data import ASYMMETRIC_LABELS, make_asymmetric_phantom
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from samlabel.prompts import PromptError, parse_prompt
+from samlabel.inference.prompts import PromptError, parse_prompt
 
 SHAPE = (160, 128, 48)
 LABELS = {"liver": 1, "spleen": 2}

@@ -20,8 +20,8 @@ from monailabel.client import MONAILabelClient
 
 from conftest import SHIPPED_VERSION
 from samlabel import real_data as rd
-from samlabel.local_server import start_server, stop_server
-from samlabel.server_evaluation import Case, evaluate_server
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.server_evaluation import Case, evaluate_server
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = rd.load_split()

@@ -13,8 +13,8 @@ from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
 from conftest import SHIPPED_VERSION
-from samlabel.evaluation import dice
-from samlabel.sample_data import make_ct_phantom
+from samlabel.evaluation.metrics import dice
+from samlabel.tools.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
 IMAGE = "ct_phantom_000"

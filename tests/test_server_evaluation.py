@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samlabel.server_evaluation import evaluate_target, noc, object_targets, structure_scores, studies_cases
+from samlabel.tools.server_evaluation import evaluate_target, noc, object_targets, structure_scores, studies_cases
 
 SHAPE = (20, 16, 5)  # (I, J, K)
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from samlabel.simulated_user import next_click
+from samlabel.evaluation.simulated_user import next_click
 
 
 def disk(shape, centre, radius):

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from samlabel.config import load_app_config, load_model_config
-from samlabel.engine import SamEngine
-from samlabel.evaluation import roi_of
-from samlabel.geometry import mask_box
-from samlabel.image_cache import CachedLoadImaged
-from samlabel.prefetch import nearest_slices
-from samlabel.preprocess import normalize_volume
-from samlabel.prompts import parse_prompt
-from samlabel.propagation import PropagationSettings, propagate
-from samlabel.refinement import RefinementStore, segment_prompt
-from samlabel.sample_data import make_ct_phantom
+from samlabel.evaluation.metrics import roi_of
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.geometry import mask_box
+from samlabel.inference.image_cache import CachedLoadImaged
+from samlabel.inference.prefetch import nearest_slices
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.inference.prompts import parse_prompt
+from samlabel.inference.propagation import PropagationSettings, propagate
+from samlabel.inference.refinement import RefinementStore, segment_prompt
+from samlabel.tools.sample_data import make_ct_phantom
 
 
 def make_engine(**conf) -> SamEngine:

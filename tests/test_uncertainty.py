@@ -3,10 +3,10 @@
 import numpy as np
 
 from samlabel.config import ASSET_DIR, load_app_config, load_model_config
-from samlabel.engine import SamEngine
-from samlabel.preprocess import normalize_volume
-from samlabel.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom
-from samlabel.uncertainty import GRID, JITTER, NUDGES, grid_clicks, volume_uncertainty
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.inference.uncertainty import GRID, JITTER, NUDGES, grid_clicks, volume_uncertainty
+from samlabel.tools.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom
 
 
 def test_grid_clicks_land_on_tissue_only_with_nudges_inside_the_slice():

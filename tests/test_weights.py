@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 
 from samlabel.config import load_model_config
-from samlabel.weights import WeightsError, WeightsSpec, resolve_weights
+from samlabel.model.weights import WeightsError, WeightsSpec, resolve_weights
 
 LITEMEDSAM_SIZE = 39_370_479
 

@@ -10,26 +10,22 @@ from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 
-from samlabel.adapter_versions import AdapterVersions, start_record
-from samlabel.adapters import STATEFUL_KINDS
-from samlabel.auth import install_token_check
+from samlabel.adapters.choice import fallback_choice, start_record
+from samlabel.adapters.versions import AdapterVersions
 from samlabel.config import load_app_config, load_model_config
-from samlabel.cors import restrict_cors
-from samlabel.datastore import SafeLocalDatastore
-from samlabel.engine import SamEngine
-from samlabel.image_cache import CachedLoadImaged
-from samlabel.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
-from samlabel.pacs_datastore import PacsDatastore, pacs_cache_dir, pacs_client, pacs_credentials
-from samlabel.refinement import RefinementStore
-from samlabel.request_limits import BodyLimit
-from samlabel.routes import install_routes
-from samlabel.scoring import BackgroundScoring, SamUncertaintyScoring
-from samlabel.server_errors import checked_infer
-from samlabel.strategy import RandomStrategy, SamUncertaintyStrategy
+from samlabel.datastore.local import SafeLocalDatastore
+from samlabel.datastore.pacs import PacsDatastore, pacs_cache_dir, pacs_client, pacs_credentials
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.image_cache import CachedLoadImaged
+from samlabel.inference.refinement import RefinementStore
+from samlabel.server.errors import checked_infer
+from samlabel.server.install import install
+from samlabel.tasks.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
+from samlabel.tasks.scoring import BackgroundScoring, SamUncertaintyScoring
+from samlabel.tasks.strategy import RandomStrategy, SamUncertaintyStrategy
 from samlabel.training.runs import start_training, training_running
 from samlabel.training.task import SamAdapterTrain
 from samlabel.training.trigger import TrainTrigger
-from samlabel.versions_api import versions_router
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +37,8 @@ class SamLabelApp(MONAILabelApp):
         self.model_dir = self.cfg.model_dir or os.path.join(app_dir, "model")
         self.trainer_dir = Path(self.model_dir) / "sam_adapter"
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
-        start = self.cfg.adapter if self.cfg.adapter in STATEFUL_KINDS else "default"  # served if a version cannot be
-        self.engine = SamEngine(self.model_cfg, self.cfg, self.versions.served().adapter, fallback=start)
+        fallback = fallback_choice(self.cfg.adapter)  # served if the served version cannot be loaded
+        self.engine = SamEngine(self.model_cfg, self.cfg, self.versions.served().adapter, fallback=fallback)
         self.refinements = RefinementStore()
         self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
@@ -120,14 +116,7 @@ class SamLabelApp(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         self.scorer.start()
-        from monailabel.app import app as server  # the running FastAPI app: only imported in the server
-
-        server.include_router(versions_router(self.versions), prefix=settings.MONAI_LABEL_API_STR)
-        install_routes(server, self.cfg.max_params_kb * 1024)
-        install_token_check()
-        stack = server.middleware_stack or server.build_middleware_stack()
-        restrict_cors(stack, self.cfg.allowed_origins)
-        server.middleware_stack = BodyLimit(stack, self.cfg.max_upload_mb * 2**20)
+        install(self.versions, self.cfg.max_params_kb * 1024, self.cfg.allowed_origins, self.cfg.max_upload_mb * 2**20)
         self.trigger.start()
 
     def on_save_label(self, image_id, label_id):

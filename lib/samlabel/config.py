@@ -1,4 +1,4 @@
-"""App and model configuration: YAML defaults in ``configs/``, overridden by ``--conf KEY VALUE``.
+"""App and model configuration: YAML defaults in ``samlabel/configs/``, overridden by ``--conf KEY VALUE``.
 
 Parsed once into frozen dataclasses; a bad value raises :class:`ConfigError` naming the key, instead
 of the server starting half-configured.
@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from samlabel.weights import WeightsSpec
+from samlabel.model.weights import WeightsSpec
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the defaults, shipped as package data
 ASSET_DIR = Path(__file__).resolve().parent / "assets"  # adapters trained by the project, shipped in the package
 
 
@@ -74,7 +74,7 @@ class AppConfig:
 
     @property
     def intensity(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`samlabel.preprocess.normalize_volume` this config asks for."""
+        """The keyword arguments of :func:`samlabel.inference.preprocess.normalize_volume` this config asks for."""
         return {"modality": self.modality, "ct_window": self.ct_window, "mr_percentiles": self.mr_percentiles}
 
     @property

@@ -20,8 +20,8 @@ import torch
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 
-from samlabel.adapter_file import AdapterInfo, save_adapter
-from samlabel.adapters import (
+from samlabel.adapters.files import AdapterInfo, save_adapter
+from samlabel.adapters.layers import (
     ADAPTER_RATIO,
     adapter_factory,
     adapter_kind,
@@ -30,9 +30,9 @@ from samlabel.adapters import (
     set_trainable,
     trainable_filter,
 )
-from samlabel.engine import SamEngine
-from samlabel.evaluation import box_dice, click_dice, largest_slice
-from samlabel.geometry import SliceGeometry
+from samlabel.evaluation.metrics import box_dice, click_dice, largest_slice
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.geometry import SliceGeometry
 from samlabel.training.samples import SliceSample
 from samlabel.training.step import InteractiveLoss, StepSettings, sample_loss
 
@@ -159,7 +159,7 @@ def train_adapter(
     def run_validation(current: Engine) -> None:
         model.eval()
         if "adapters" in settings.parts:
-            engine.cache = type(engine.cache)(engine.cache.max_bytes)  # embeddings change with the adapters
+            engine.embeddings.clear()  # the encoder's adapters changed under the same version
         metrics = validate(engine, val_targets)
         metrics["step"] = current.state.iteration
         history.append(metrics)

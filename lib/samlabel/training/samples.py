@@ -18,8 +18,8 @@ from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandGaussi
 from scipy import ndimage
 from tqdm import tqdm
 
-from samlabel.engine import SamEngine
-from samlabel.geometry import volume_slice
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.geometry import volume_slice
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from monai.losses import DiceFocalLoss
 from segment_anything.modeling import Sam
 
-from samlabel.adapters import adapter_kind, conditioned_on, prompt_condition, stack_of
-from samlabel.engine import predict_masks
-from samlabel.geometry import SliceGeometry, mask_box
-from samlabel.simulated_user import next_click
+from samlabel.adapters.layers import adapter_kind, conditioned_on, prompt_condition, stack_of
+from samlabel.evaluation.simulated_user import next_click
+from samlabel.inference.geometry import SliceGeometry, mask_box
+from samlabel.model.forward import predict_masks
 from samlabel.training.samples import SliceSample
 
 

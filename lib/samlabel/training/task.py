@@ -24,11 +24,11 @@ import numpy as np
 from monai.transforms import LoadImage
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from samlabel.adapter_versions import AdapterVersions, VersionRecord, now, publish_decision
+from samlabel.adapters.versions import AdapterVersions, VersionRecord, now, publish_decision
 from samlabel.config import AppConfig
-from samlabel.engine import SamEngine
-from samlabel.evaluation import targets
-from samlabel.preprocess import normalize_volume
+from samlabel.evaluation.metrics import targets
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
 from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, prepare_model, train_adapter
 from samlabel.training.samples import augmentation, slice_samples
 from samlabel.training.step import InteractiveLoss

@@ -1,0 +1,78 @@
+"""Image embeddings: the key that fixes one, and the cache they live in, shared by every thread.
+
+A key holds the encoder's version and runtime and the content and shape of the slices encoded together
+(and the prompt's condition for HyP-Adpt), so the same slice under the same encoder always finds its
+embedding and a changed encoder never does. Two threads that need one slice at once (a click and the
+prefetcher) encode it once: the first claims it, the other waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import torch
+
+from samlabel.inference.geometry import volume_slice
+from samlabel.inference.tensor_cache import TensorCache
+
+
+def embedding_keys(
+    volume01: np.ndarray,
+    units: list[tuple[int, ...]],
+    encoder_version: str,
+    runtime: str,
+    condition: torch.Tensor | None = None,
+) -> dict[int, str]:
+    """The key of each slice of ``units`` (tuples of slices encoded in one call). The model input (resizing,
+    normalisation) depends only on what the key holds, so it is built only on a miss."""
+    cond = "" if condition is None else ":c" + hashlib.sha1(condition.float().cpu().numpy().tobytes()).hexdigest()
+    keys = {}
+    for unit in units:
+        planes = [volume_slice(volume01, k) for k in unit]
+        digest = hashlib.sha1(b"".join(p.tobytes() for p in planes)).hexdigest()
+        for position, k in enumerate(unit):
+            where = f"{position}/{len(unit)}:" if len(unit) > 1 else ""
+            keys[k] = f"{encoder_version}:{runtime}:{planes[0].shape}:{planes[0].dtype}:{where}{digest}{cond}"
+    return keys
+
+
+class EmbeddingCache:
+    """A byte-bounded LRU of embeddings, with the keys some thread is encoding right now."""
+
+    def __init__(self, max_bytes: int):
+        self.store = TensorCache(max_bytes)
+        self._inflight: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        return self.store.get(key)
+
+    def put(self, key: str, embedding: torch.Tensor) -> None:
+        self.store.put(key, embedding)
+
+    def clear(self) -> None:
+        """Forget every embedding: the encoder changed under the same version (adapters being trained)."""
+        self.store = TensorCache(self.store.max_bytes)
+
+    def claim(self, keys: list[str]) -> tuple[list[str], dict[str, threading.Event]]:
+        """Split ``keys`` into those the calling thread will encode and those another thread is encoding."""
+        mine, theirs = [], {}
+        with self._lock:
+            for key in keys:
+                if key in self._inflight:
+                    theirs[key] = self._inflight[key]
+                else:
+                    self._inflight[key] = threading.Event()
+                    mine.append(key)
+        return mine, theirs
+
+    def release(self, keys: list[str]) -> None:
+        """Encoded (or failed): wake the threads waiting for ``keys``."""
+        with self._lock:
+            for key in keys:
+                self._inflight.pop(key).set()
+
+    def status(self) -> dict:
+        return {"entries": len(self.store), "bytes": self.store.bytes, "max_bytes": self.store.max_bytes}

@@ -1,0 +1,60 @@
+"""Grow a 3-D mask from one segmented slice: each neighbour is prompted with the previous slice's mask.
+
+Slice by slice in both directions, the previous mask's bounding box (and optionally its logits as
+``mask_input``) prompts the next slice; a direction stops where the mask vanishes, SAM's predicted
+IoU drops below a threshold, or the roi's slice range ends. Box prompts are what MedSAM was trained on.
+With ``encoder_batch`` > 1 the slices ahead are encoded in batches; the masks are the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from samlabel.inference.engine import SamEngine, SliceResult
+from samlabel.inference.geometry import mask_box
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    min_iou: float = 0.5
+    box_margin: int = 2
+    mask_prompt: bool = False
+
+
+def propagate(
+    engine: SamEngine,
+    volume01: np.ndarray,
+    k0: int,
+    start: SliceResult,
+    k_range: tuple[int, int] | None,
+    settings: PropagationSettings,
+) -> dict[int, np.ndarray]:
+    """Slice masks ``{k: (H, W) bool}`` grown from ``start`` on slice ``k0`` within ``k_range`` (inclusive)."""
+    lo, hi = k_range if k_range else (0, volume01.shape[2] - 1)
+    geometry = engine.geometry(volume01.shape)
+    no_points = np.zeros((0, 2), dtype=np.float32)
+    masks = {k0: start.mask}
+    batch = engine.encoder_batch
+    for step in (-1, 1):
+        previous, k = start, k0 + step
+        while lo <= k <= hi:
+            if batch > 1 and not engine.conditioned and (k - k0 - step) % batch == 0:  # next slices at once (GPU)
+                engine.embed_slices(volume01, [j for j in range(k, k + step * batch, step) if lo <= j <= hi])
+            box = mask_box(previous.mask, settings.box_margin)
+            if box is None:
+                break
+            result = engine.segment(
+                volume01,
+                k,
+                no_points,
+                np.zeros(0, dtype=np.int64),
+                geometry.box_to_model(*box),
+                mask_input=previous.logits if settings.mask_prompt else None,
+            )
+            if result.iou < settings.min_iou or not result.mask.any():
+                break
+            masks[k] = result.mask
+            previous, k = result, k + step
+    return masks

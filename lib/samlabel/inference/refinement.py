@@ -1,0 +1,75 @@
+"""Click-by-click refinement: the previous prediction becomes SAM's ``mask_input`` for the next click.
+
+Viewers resend every click of the current label on each request, so a request's clicks are a superset
+of the previous request's. The state for a slice is therefore kept per set of clicks, and a request
+reuses the logits of the largest *strict* subset of its own clicks. That gives per-user state without
+user ids: two annotators on one image never match each other's clicks, and repeating a request
+gives the same answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import numpy as np
+import torch
+
+from samlabel.inference.engine import SamEngine, SliceResult
+from samlabel.inference.prompts import Prompt
+
+Clicks = frozenset[tuple[int, int, int]]
+
+
+class RefinementStore:
+    """Bounded LRU of low-res logits keyed by (slice context, clicks)."""
+
+    def __init__(self, max_entries: int = 2048):
+        self.max_entries = max_entries
+        self._items: OrderedDict[tuple[Hashable, Clicks], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def previous(self, context: Hashable, clicks: Clicks) -> torch.Tensor | None:
+        """Logits stored for the largest strict subset of ``clicks`` in ``context``, if any."""
+        with self._lock:
+            subsets = [key for key in self._items if key[0] == context and key[1] < clicks]
+            if not subsets:
+                return None
+            best = max(subsets, key=lambda key: len(key[1]))
+            self._items.move_to_end(best)
+            return self._items[best]
+
+    def remember(self, context: Hashable, clicks: Clicks, logits: torch.Tensor) -> None:
+        with self._lock:
+            self._items[(context, clicks)] = logits
+            self._items.move_to_end((context, clicks))
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def forget(self, context: Hashable) -> None:
+        with self._lock:
+            for key in [key for key in self._items if key[0] == context]:
+                del self._items[key]
+
+
+def segment_prompt(
+    engine: SamEngine, store: RefinementStore, volume01: np.ndarray, prompt: Prompt, image_key: str
+) -> tuple[SliceResult, bool]:
+    """Segment the prompt's slice, refining the same user's previous result. Returns (result, refined)."""
+    geometry = engine.geometry(volume01.shape)
+    context = (image_key, engine.version, prompt.label_name, prompt.slice, prompt.box)
+    clicks = prompt.points_key()
+    if prompt.reset:
+        store.forget(context)
+    previous = None if prompt.reset else store.previous(context, clicks)
+    result = engine.segment(
+        volume01,
+        prompt.slice,
+        geometry.voxels_to_model(prompt.points_ij),
+        prompt.point_labels,
+        geometry.box_to_model(*prompt.box) if prompt.box else None,
+        mask_input=previous,
+    )
+    store.remember(context, clicks, result.logits)
+    return result, previous is not None

@@ -1,4 +1,5 @@
-"""Shared fixtures: shipped-style phantoms on disk and a real ``monailabel start_server`` on 127.0.0.1."""
+"""Shared fixtures: shipped-style phantoms on disk, a real ``monailabel start_server`` on 127.0.0.1, and the real
+CT/MR split from the cached registry packages."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from samlabel.adapters.files import read_adapter
 from samlabel.config import load_model_config
+from samlabel.tools import real_data as rd
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_ct_phantom
 
@@ -19,6 +21,7 @@ SERVER_LABELS = "liver,spleen,kidney"
 # the click adapter the default model ships and serves (configs/models/litemedsam.yaml)
 SHIPPED_VERSION = read_adapter(load_model_config("litemedsam").adapter)[0].version
 # --conf pairs for a real but tiny fine-tuning run (about a minute on 2 CPU cores)
+REAL_SPLIT = rd.load_split()  # configs/real_split.yaml
 TINY_RUN = ("train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2")
 
 
@@ -63,3 +66,20 @@ def wait_for_training():
         raise TimeoutError(f"training still running after {timeout} s: {status}")
 
     return wait
+
+
+def cached(source: rd.Source) -> Path:
+    try:
+        return rd.fetch_package(source, download=False)
+    except rd.RealDataError as e:
+        pytest.skip(f"{source.package} is not in the cache ({e})")
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory) -> Path:
+    """The real split written from the cached packages into a fresh folder."""
+    for source in REAL_SPLIT.sources.values():
+        cached(source)
+    out = tmp_path_factory.mktemp("real")
+    rd.write_real_studies(out)
+    return out

@@ -17,9 +17,9 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
+from pacs_proxy import FaultyPacsProxy
 
 from conftest import TINY_RUN
-from pacs_proxy import FaultyPacsProxy
 from samlabel.datastore.dicom_seg import seg_to_label
 from samlabel.datastore.pacs import PacsDatastore, pacs_client
 from samlabel.datastore.uids import uid

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from samlabel import sample_data as sd
+from conftest import ROOT as REPO
+from samlabel.tools import sample_data as sd
 
-REPO = Path(__file__).resolve().parent.parent
 SEEDS = range(4)
 
 

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,12 +14,11 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from conftest import SHIPPED_VERSION
+from conftest import ROOT, SHIPPED_VERSION
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom, write_labelled_studies
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("random", "first", "sam_uncertainty")
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 
-from conftest import SHIPPED_VERSION
+from conftest import ROOT, SHIPPED_VERSION
 from samlabel.adapters.choice import start_record
 from samlabel.adapters.versions import AdapterVersions, VersionRecord
 from samlabel.config import load_model_config
@@ -29,7 +29,6 @@ from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_ct_phantom
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAPE = (64, 48, 3)
 
 

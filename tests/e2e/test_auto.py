@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,13 +14,13 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
+from conftest import ROOT
 from samlabel.evaluation.metrics import dice
 from samlabel.inference.location_prior import LocationPrior, describe_label
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_ct_phantom, make_mr_phantom
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"liver": 1, "spleen": 2, "kidney": 3}
 
 

@@ -15,6 +15,7 @@ from samlabel.config import load_model_config
 from samlabel.tools import real_data as rd
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_ct_phantom
+from samlabel.training.runs import ACTIVE
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_LABELS = "liver,spleen,kidney"
@@ -60,7 +61,7 @@ def wait_for_training():
         time.sleep(1)
         while time.monotonic() < deadline:
             status = client.train_status()
-            if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            if status.get("status") not in ACTIVE:
                 return status
             time.sleep(2)
         raise TimeoutError(f"training still running after {timeout} s: {status}")

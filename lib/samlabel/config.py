@@ -7,6 +7,7 @@ of the server starting half-configured.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class AppConfig:
     cache_mb: int
     image_cache_mb: int
     max_points: int
+    min_object_voxels: int
     propagation_iou: float
     propagation_box_margin: int
     propagation_mask_prompt: bool
@@ -150,6 +152,12 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
     if cfg.train_every < 0 or cfg.publish_tolerance < 0:
         raise ConfigError("--conf train_every and publish_tolerance must be >= 0")
     return cfg
+
+
+@functools.cache
+def app_defaults() -> AppConfig:
+    """``configs/app.yaml`` alone: the defaults of code that has no server configuration at hand."""
+    return load_app_config({})
 
 
 def load_model_config(name: str) -> ModelConfig:

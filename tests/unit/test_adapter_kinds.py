@@ -116,7 +116,7 @@ def test_engine_encodes_fixed_stacks_of_any_depth_like_the_base_model():
     assert [stacked.stack(7, k) for k in (0, 4, 6)] == [(0, 1, 2), (3, 4, 5), (6,)]
     # slices 1 and 6: the stacks (0, 1, 2) and (6,) of depth 3 and 1
     got = stacked.embed_slices(volume01, [6, 1])
-    assert stacked.encoder_runs == 4 and len(stacked.cache) == 4
+    assert stacked.encoder_runs == 4 and len(stacked.embeddings) == 4
     want = plain.embed_slices(volume01, [6, 1])
     assert all(g.shape == (1, 256, 64, 64) for g in got)
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want, strict=True))  # zero-initialised

@@ -25,6 +25,8 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from samlabel.config import app_defaults
+
 ADAPTER_RATIO = 0.25  # bottleneck width / block width
 
 
@@ -83,7 +85,7 @@ class PromptConditionedAdapter(nn.Module):
 
     kind = "hyp_adpt"
 
-    def __init__(self, dim: int, rank: int = 16, prompt_dim: int = 256):
+    def __init__(self, dim: int, rank: int, prompt_dim: int = 256):
         super().__init__()
         self.rank, self.prompt_dim = rank, prompt_dim
         self.norm = nn.LayerNorm(dim)
@@ -110,8 +112,9 @@ ADAPTER_KINDS = ("plain", "sd_trans", "hyp_adpt")
 STATEFUL_KINDS = ("sd_trans", "hyp_adpt")  # their forward depends on stack_of / conditioned_on
 
 
-def adapter_factory(kind: str, ratio: float = ADAPTER_RATIO, rank: int = 16) -> Callable[[int], nn.Module]:
-    """``width -> adapter`` for one of :data:`ADAPTER_KINDS`."""
+def adapter_factory(kind: str, ratio: float = ADAPTER_RATIO, rank: int | None = None) -> Callable[[int], nn.Module]:
+    """``width -> adapter`` for one of :data:`ADAPTER_KINDS` (``rank``: HyP-Adpt's, default ``hyp_rank``)."""
+    rank = rank or app_defaults().hyp_rank
     if kind == "plain":
         return lambda dim: BottleneckAdapter(dim, ratio)
     if kind == "sd_trans":

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from samlabel.evaluation.simulated_user import next_click
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.geometry import put_slice, volume_slice
+from samlabel.inference.objects import label_objects
 from samlabel.inference.prompts import parse_prompt
 from samlabel.inference.propagation import PropagationSettings, propagate
 from samlabel.inference.refinement import RefinementStore, segment_prompt
@@ -29,12 +29,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * (a & b).sum() / total)
 
 
-def targets(label: np.ndarray, names: dict[str, int], min_voxels: int = 50) -> dict[str, np.ndarray]:
+def targets(label: np.ndarray, names: dict[str, int]) -> dict[str, np.ndarray]:
     """One boolean mask per connected object of each label: a box prompt frames one object (one kidney)."""
     found = {}
     for name, value in names.items():
-        components, count = ndimage.label(label == value)
-        parts = [components == n for n in range(1, count + 1) if (components == n).sum() >= min_voxels]
+        parts = [mask for _, mask in label_objects(label, [value])]
         for n, part in enumerate(parts):
             found[name if len(parts) == 1 else f"{name}_{n + 1}"] = part
     return found

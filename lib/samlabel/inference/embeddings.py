@@ -46,6 +46,9 @@ class EmbeddingCache:
         self._inflight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self.store)
+
     def get(self, key: str) -> torch.Tensor | None:
         return self.store.get(key)
 
@@ -75,4 +78,4 @@ class EmbeddingCache:
                 self._inflight.pop(key).set()
 
     def status(self) -> dict:
-        return {"entries": len(self.store), "bytes": self.store.bytes, "max_bytes": self.store.max_bytes}
+        return {"entries": len(self), "bytes": self.store.bytes, "max_bytes": self.store.max_bytes}

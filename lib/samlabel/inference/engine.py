@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from samlabel.adapters.choice import load_adapter
+from samlabel.adapters.choice import configured_kind, load_adapter
 from samlabel.adapters.files import AdapterError, AdapterInfo
 from samlabel.adapters.layers import STATEFUL_KINDS, conditioned_on, prompt_condition, stack_of
 from samlabel.config import AppConfig, ModelConfig
@@ -27,7 +27,7 @@ from samlabel.inference.preprocess import slice_to_model_input
 from samlabel.model.forward import predict_masks
 from samlabel.model.onnx_runtime import OnnxDecoder, OnnxEncoder
 from samlabel.model.registry import build_model, load_checkpoint
-from samlabel.model.runtime import pick_device, pick_runtime
+from samlabel.model.runtime import onnx_sessions, pick_device, pick_runtime
 from samlabel.model.weights import resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class SamEngine:
         """``fallback``: the adapter to serve when ``adapter`` cannot be loaded (None: raise)."""
         self.model_cfg = model_cfg
         self.app_cfg = app_cfg
+        self.kind = configured_kind(app_cfg.adapter, model_cfg.adapter)  # versions of other kinds are refused
         self.device = pick_device(app_cfg.device)
         self.runtime = pick_runtime(runtime or app_cfg.runtime, self.device, app_cfg.precision)
         self.autocast_dtype = torch.bfloat16 if app_cfg.precision == "bf16" else None
@@ -132,18 +133,13 @@ class SamEngine:
         return bool(self.adapter) and self.adapter.encoder_kind == "hyp_adpt"
 
     def _export_onnx(self, model: torch.nn.Module, encoder_version: str, adapter: AdapterInfo | None) -> tuple:
-        """ONNX Runtime sessions for ``model``; the encoder's is kept while the encoder does not change.
-        SD-Trans and HyP-Adpt encoders stay on PyTorch (their stack depth and prompt are set per call).
-        A model that cannot be exported (e.g. over ONNX's 2 GB limit) falls back to PyTorch."""
+        """ONNX Runtime sessions for ``model`` (none off the ONNX runtime); a model that cannot be exported
+        (e.g. over ONNX's 2 GB limit) is served with PyTorch from then on."""
         if self.runtime != "onnxruntime":
             return None, None
+        stateful = adapter is not None and adapter.encoder_kind in STATEFUL_KINDS
         try:
-            encoder = self._onnx_encoder
-            if adapter and adapter.encoder_kind in STATEFUL_KINDS:
-                encoder = None
-            elif encoder is None or encoder[0] != encoder_version:
-                encoder = (encoder_version, OnnxEncoder(model, self.model_cfg.img_size))
-            return encoder, OnnxDecoder(model)
+            return onnx_sessions(model, self.model_cfg.img_size, encoder_version, stateful, self._onnx_encoder)
         except Exception as e:  # noqa: BLE001 - any exporter failure means: serve with PyTorch
             logger.warning("ONNX export failed, serving with PyTorch: %s", e)
             self.runtime = "torch"

@@ -19,8 +19,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from samlabel.inference.objects import label_objects
+
 CLUSTER_DISTANCE = 0.15  # box centres closer than this (in fractions of the extent) are the same object
-MIN_VOXELS = 50
 
 
 @dataclass(frozen=True)
@@ -64,20 +65,17 @@ def describe_label(path: str | Path) -> LabelledImage:
     label = np.asarray(image.dataobj)
     shape = tuple(int(n) for n in label.shape[:3])
     objects = []
-    for value in (int(v) for v in np.unique(label) if v > 0):
-        components, count = ndimage.label(label == value)
-        for n, where in enumerate(ndimage.find_objects(components), 1):
-            if where is None or (components[where] == n).sum() < MIN_VOXELS:
-                continue
-            box = tuple(float(x) for s, size in zip(where, shape, strict=True) for x in (s.start / size, s.stop / size))
-            objects.append((value, box))
+    for value, mask in label_objects(label):
+        (where,) = ndimage.find_objects(mask.astype(np.uint8))
+        box = tuple(float(x) for s, size in zip(where, shape, strict=True) for x in (s.start / size, s.stop / size))
+        objects.append((value, box))
     return LabelledImage(str(path), shape, extent_mm(shape, image.header.get_zooms()), tuple(objects))
 
 
 class LocationPrior:
     """Label files -> proposals for an image; each file is read once per modification time."""
 
-    def __init__(self, min_support: float = 0.5, tolerance: float = 0.2):
+    def __init__(self, min_support: float, tolerance: float = 0.2):
         self.min_support, self.tolerance = min_support, tolerance
         self._described: dict[tuple[str, float], LabelledImage] = {}
         self._lock = threading.Lock()

@@ -11,24 +11,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from samlabel.config import app_defaults
 from samlabel.inference.geometry import SliceGeometry
 
 SAM_PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 SAM_PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 
 
+CT_AIR_HU = -500.0  # a volume with values at or below this holds air in Hounsfield units: it is a CT
+
+
 def detect_modality(volume: np.ndarray) -> str:
-    """'ct' when the volume holds air in Hounsfield units (<= -500), else 'mr'."""
-    return "ct" if float(np.min(volume)) <= -500 else "mr"
+    """'ct' when the volume holds air in Hounsfield units, else 'mr'."""
+    return "ct" if float(np.min(volume)) <= CT_AIR_HU else "mr"
 
 
 def normalize_volume(
     volume: np.ndarray,
-    modality: str = "auto",
-    ct_window: tuple[float, float] = (-160.0, 240.0),
-    mr_percentiles: tuple[float, float] = (0.5, 99.5),
+    modality: str | None = None,
+    ct_window: tuple[float, float] | None = None,
+    mr_percentiles: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """A volume -> float32 in [0, 1]: CT window or MR percentile clipping (``modality`` auto|ct|mr)."""
+    """A volume -> float32 in [0, 1]: CT window or MR percentile clipping (``modality`` auto|ct|mr); what is
+    not given comes from ``configs/app.yaml``."""
+    defaults = app_defaults()
+    modality = modality or defaults.modality
+    ct_window = ct_window or defaults.ct_window
+    mr_percentiles = mr_percentiles or defaults.mr_percentiles
     volume = np.asarray(volume, dtype=np.float32)
     if modality == "auto":
         modality = detect_modality(volume)

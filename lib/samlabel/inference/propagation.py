@@ -12,15 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from samlabel.config import AppConfig
 from samlabel.inference.engine import SamEngine, SliceResult
 from samlabel.inference.geometry import mask_box
 
 
 @dataclass(frozen=True)
 class PropagationSettings:
-    min_iou: float = 0.5
-    box_margin: int = 2
-    mask_prompt: bool = False
+    """``configs/app.yaml``'s ``propagation_*`` keys."""
+
+    min_iou: float
+    box_margin: int
+    mask_prompt: bool
+
+    @classmethod
+    def from_config(cls, cfg: AppConfig) -> PropagationSettings:
+        return cls(cfg.propagation_iou, cfg.propagation_box_margin, cfg.propagation_mask_prompt)
 
 
 def propagate(

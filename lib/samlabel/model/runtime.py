@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from samlabel.config import ConfigError
-from samlabel.model.onnx_runtime import onnxruntime_available
+from samlabel.model.onnx_runtime import OnnxDecoder, OnnxEncoder, onnxruntime_available
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,3 +22,21 @@ def pick_runtime(name: str, device: torch.device, precision: str) -> str:
     if name == "onnxruntime" and (device.type != "cpu" or not onnxruntime_available()):
         raise ConfigError("--conf runtime onnxruntime needs device cpu and the onnxruntime package")
     return name
+
+
+def onnx_sessions(
+    model: torch.nn.Module,
+    img_size: int,
+    encoder_version: str,
+    stateful_encoder: bool,
+    previous: tuple[str, OnnxEncoder] | None,
+) -> tuple[tuple[str, OnnxEncoder] | None, OnnxDecoder]:
+    """ONNX Runtime sessions for a served model: ``(encoder_version, encoder)`` and the decoder. The
+    ``previous`` encoder is kept while the encoder does not change; SD-Trans and HyP-Adpt encoders
+    (``stateful_encoder``) stay on PyTorch, since their stack depth and prompt are set per call."""
+    encoder = previous
+    if stateful_encoder:
+        encoder = None
+    elif encoder is None or encoder[0] != encoder_version:
+        encoder = (encoder_version, OnnxEncoder(model, img_size))
+    return encoder, OnnxDecoder(model)

@@ -25,6 +25,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from tqdm import tqdm
 
 from samlabel.datastore.uids import uid
+from samlabel.inference.preprocess import detect_modality
 
 SOP_CLASS = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -106,8 +107,8 @@ def upload(client, datasets: list[Dataset]) -> None:
 
 
 def nifti_modality(image: nib.Nifti1Image) -> str:
-    """CT when the volume holds air at -500 HU or below (as the app's intensity preprocessing decides)."""
-    return "CT" if float(np.asanyarray(image.dataobj).min()) <= -500 else "MR"
+    """CT or MR, as the app's intensity preprocessing decides."""
+    return detect_modality(np.asanyarray(image.dataobj)).upper()
 
 
 def upload_studies(client, studies: list[Path]) -> dict[str, str]:

@@ -41,15 +41,31 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 600
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    val_every: int = 100
-    seed: int = 0
-    parts: tuple[str, ...] = ("mask_decoder", "point_embeddings")
+    """One run's settings: a ``sam_adapter`` request, whose defaults are ``configs/app.yaml``'s ``train``."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    val_every: int
+    seed: int
+    parts: tuple[str, ...]
     adapter_ratio: float = ADAPTER_RATIO
     step: StepSettings = field(default_factory=StepSettings)
+
+    @classmethod
+    def from_request(cls, request: dict, step: StepSettings | None = None) -> TrainSettings:
+        """From a trainer request (``configs/app.yaml``'s ``train`` keys, overridden per run)."""
+        return cls(
+            steps=int(request["max_steps"]),
+            batch_size=int(request["train_batch_size"]),
+            lr=float(request["learning_rate"]),
+            weight_decay=float(request["weight_decay"]),
+            val_every=int(request["val_every"]),
+            seed=int(request["seed"]),
+            parts=tuple(p.strip() for p in str(request["train_parts"]).split(",") if p.strip()),
+            step=step or StepSettings(),
+        )
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandScaleIntensityd
-from scipy import ndimage
 from tqdm import tqdm
 
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.geometry import volume_slice
+from samlabel.inference.objects import label_objects
 
 
 @dataclass(frozen=True)
@@ -50,20 +50,10 @@ def augmentation(seed: int) -> Compose:
     return transforms
 
 
-def objects_on_slice(label_hw: np.ndarray, min_pixels: int) -> list[np.ndarray]:
-    """Each connected object of each label value on one slice: what one prompt should segment."""
-    found = []
-    for value in np.unique(label_hw[label_hw > 0]):
-        components, count = ndimage.label(label_hw == value)
-        found += [components == n for n in range(1, count + 1) if (components == n).sum() >= min_pixels]
-    return found
-
-
 def slice_samples(
     engine: SamEngine,
     volumes: list[tuple[str, np.ndarray, np.ndarray]],
-    slice_step: int = 2,
-    min_pixels: int = 30,
+    slice_step: int,
     augment: Callable[[dict], dict] | None = None,
 ) -> list[SliceSample]:
     """Samples from ``(name, volume01, label)`` triples, every ``slice_step``-th slice that holds a label;
@@ -77,7 +67,7 @@ def slice_samples(
         ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]
         stacks: dict[tuple[int, ...], torch.Tensor] = {}  # shared by the samples of one stack
         for k in ks:
-            objects = objects_on_slice(volume_slice(label, int(k)), min_pixels)
+            objects = [mask for _, mask in label_objects(volume_slice(label, int(k)))]  # what one prompt segments
             if objects:
                 image = engine.model_input(volume01, int(k))
                 embedding = engine.embed(volume01, int(k)).cpu().clone()  # a normal tensor, usable in autograd

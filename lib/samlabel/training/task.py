@@ -100,7 +100,7 @@ class SamAdapterTrain(BasicTrainTask):
         new_labels = sorted(i for i, t in labels.items() if served.labels.get(i) != t)
         logger.info("run from %s on %d labels, %d new: %s", served.version, len(labels), len(new_labels), new_labels)
 
-        context.settings = self._settings(request)
+        context.settings = TrainSettings.from_request(request)
         context.engine = self.make_engine(served.adapter)
         prepare_model(context.engine, context.settings)
         context.network = self.network(context)
@@ -170,14 +170,3 @@ class SamAdapterTrain(BasicTrainTask):
         else:
             self.versions.serve(version, f"published by run {request['run_id']}: {reason}")
         return record
-
-    @staticmethod
-    def _settings(request: dict) -> TrainSettings:
-        return TrainSettings(
-            steps=int(request["max_steps"]),
-            batch_size=int(request["train_batch_size"]),
-            lr=float(request["learning_rate"]),
-            val_every=int(request["val_every"]),
-            seed=int(request["seed"]),
-            parts=tuple(p.strip() for p in str(request["train_parts"]).split(",") if p.strip()),
-        )

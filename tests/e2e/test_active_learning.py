@@ -14,7 +14,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from conftest import ROOT, SHIPPED_VERSION
+from conftest import SHIPPED_VERSION
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_cardiac_phantom, make_ct_phantom, make_mr_phantom, write_labelled_studies
 
@@ -117,7 +117,7 @@ def test_evaluate_script_through_the_server(server, studies, tmp_path):
     nib.save(image, data / "ct_007.nii.gz")
     nib.save(label, data / "labels" / "final" / "ct_007.nii.gz")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate"), "--server", server, "--data", str(data)]
+    cmd = [sys.executable, "-m", "samlabel.tools.commands.evaluate", "--server", server, "--data", str(data)]
     cmd += ["--model", "sam_2d", "--prompt", "clicks", "--max-clicks", "3", "--out", str(out)]
     subprocess.run(cmd, check=True, timeout=900)
 
@@ -138,7 +138,8 @@ def test_simulate_rounds_two_short_rounds_end_to_end(tmp_path):
     write_labelled_studies(pool, {"cardiac": range(0, 1), "mr": range(0, 1)})
     write_labelled_studies(holdout, {"cardiac": range(50, 51)})
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "scripts" / "simulate_rounds"), "--data", str(pool), "--holdout", str(holdout)]
+    cmd = [sys.executable, "-m", "samlabel.tools.commands.simulate_rounds", "--data", str(pool)]
+    cmd += ["--holdout", str(holdout)]
     cmd += ["--rounds", "2", "--per-round", "1", "--strategy", "sam_uncertainty", "--out", str(out)]
     cmd += ["--server-conf", "train.max_steps", "4", "train.val_every", "2"]
     subprocess.run(cmd, check=True, timeout=1200)

@@ -14,7 +14,6 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from conftest import ROOT
 from samlabel.evaluation.metrics import dice
 from samlabel.inference.location_prior import LocationPrior, describe_label
 from samlabel.tools.local_server import start_server, stop_server
@@ -98,7 +97,7 @@ def test_evaluate_scores_the_first_pass_as_0_clicks_and_counts_the_clicks_it_sav
     nib.save(image, data / "ct_2.nii.gz")
     nib.save(nib.Nifti1Image(truth.astype(np.uint8), image.affine), data / "labels" / "final" / "ct_2.nii.gz")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate"), "--server", auto["url"], "--data", str(data)]
+    cmd = [sys.executable, "-m", "samlabel.tools.commands.evaluate", "--server", auto["url"], "--data", str(data)]
     cmd += ["--model", "sam_2d", "sam_auto", "--max-clicks", "3", "--out", str(out)]
     subprocess.run(cmd, check=True, timeout=900)
 

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-
 
 @pytest.mark.slow
 def test_quick_benchmark_through_a_real_server(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark"), "--quick", "--out", str(tmp_path)], check=True)
+    cmd = [sys.executable, "-m", "samlabel.tools.commands.benchmark", "--quick", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True)
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert (tmp_path / "benchmark.png").stat().st_size > 10_000
 

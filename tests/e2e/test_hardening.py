@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monailabel.client import MONAILabelClient
 
-from conftest import ROOT, SHIPPED_VERSION
+from conftest import SHIPPED_VERSION
 from samlabel.adapters.choice import start_record
 from samlabel.adapters.versions import AdapterVersions, VersionRecord
 from samlabel.config import load_model_config
@@ -307,7 +307,7 @@ def test_load_eight_annotators_during_fine_tuning(tmp_path):
     """``scripts/load_test`` (its own server): no error, no cross-talk, /info p95 under 1 s."""
     out = tmp_path / "load"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "load_test"), "--requests", "3", "--out", str(out)],
+        [sys.executable, "-m", "samlabel.tools.commands.load_test", "--requests", "3", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=900,

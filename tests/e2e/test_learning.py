@@ -16,7 +16,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from conftest import ROOT, SHIPPED_VERSION, TINY_RUN
+from conftest import SHIPPED_VERSION, TINY_RUN
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.sample_data import make_ct_phantom
 
@@ -143,7 +143,7 @@ def test_saves_during_a_run_lead_to_one_more_run_not_overlapping_ones(server, cl
 def test_a_restart_serves_the_same_version_and_every_label_even_with_a_corrupt_index(server, client, setup):
     served = versions(server)["served"]
     listing = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "adapter_versions"), "--server", server, "list"],
+        [sys.executable, "-m", "samlabel.tools.commands.adapter_versions", "--server", server, "list"],
         capture_output=True,
         text=True,
         check=True,

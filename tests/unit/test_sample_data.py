@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import ROOT as REPO
 from samlabel.tools import sample_data as sd
 
 SEEDS = range(4)
@@ -160,12 +159,13 @@ def test_writer_layout(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "studies")) == names
 
 
-def test_script_runs_without_installed_package(tmp_path: Path) -> None:
+def test_command_runs_outside_the_repository(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "make_sample_data"),
+            "-m",
+            "samlabel.tools.commands.make_sample_data",
             "--out",
             str(tmp_path),
             "--n-ct",

@@ -29,7 +29,8 @@ from samlabel.atomic_write import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")  # what this datastore accepts
+OTHER_IMAGE_SUFFIXES = (".nrrd", ".mha", ".mhd")  # also in a studies folder MONAI Label lists
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 AFFINE_TOLERANCE_MM = 0.01  # viewers write the image's affine back in float32
 
@@ -49,6 +50,13 @@ def check_name(value: str, what: str) -> str:
             f"{what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' (no '..', '/' or paths)"
         )
     return value
+
+
+def image_id(path: str | Path) -> str:
+    """The datastore id of an image or label file: its name without the image suffix."""
+    name = Path(path).name
+    suffix = next((s for s in (*NIFTI_SUFFIXES, *OTHER_IMAGE_SUFFIXES) if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)]
 
 
 def nifti_suffix(path: str | Path) -> str:

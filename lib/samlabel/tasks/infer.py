@@ -125,9 +125,7 @@ class SamInferTask(BasicInferTask):
         }
 
     def propagation(self) -> PropagationSettings:
-        return PropagationSettings(
-            self.cfg.propagation_iou, self.cfg.propagation_box_margin, self.cfg.propagation_mask_prompt
-        )
+        return PropagationSettings.from_config(self.cfg)
 
 
 class Sam2DInfer(SamInferTask):

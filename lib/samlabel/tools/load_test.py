@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import requests
-from monailabel.client import MONAILabelClient
 
 from samlabel.evaluation.metrics import dice, largest_slice
 from samlabel.evaluation.simulated_user import next_click
+from samlabel.tools.rest import Server
 from samlabel.tools.server_evaluation import percentiles
 
 CLICKS_PER_ROUND = 3
@@ -63,7 +62,7 @@ def check(result: np.ndarray, who: Annotator, min_dice: float) -> str | None:
 
 
 def work(url: str, who: Annotator, n_requests: int, tmpdir: Path, min_dice: float) -> list[dict[str, Any]]:
-    client = MONAILabelClient(url, tmpdir=str(tmpdir / who.name))
+    server = Server.at(url, tmpdir / who.name)
     (tmpdir / who.name).mkdir(parents=True, exist_ok=True)
     records, clicks, prediction = [], {"foreground": [], "background": []}, None
     for n in range(n_requests):
@@ -77,9 +76,7 @@ def work(url: str, who: Annotator, n_requests: int, tmpdir: Path, min_dice: floa
         began = time.perf_counter()
         record: dict[str, Any] = {"annotator": who.name, "request": n}
         try:
-            path, _ = client.infer("sam_2d", who.image, params)
-            result = np.asarray(nib.load(path).dataobj)
-            Path(path).unlink(missing_ok=True)
+            result = server.infer("sam_2d", who.image, params).label
             prediction = result[:, :, who.k] > 0
             record["wrong"] = check(result, who, min_dice)
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
@@ -91,6 +88,7 @@ def work(url: str, who: Annotator, n_requests: int, tmpdir: Path, min_dice: floa
 
 def _poll(url: str, period: float, stop, out) -> None:
     ms, at, failures, training = [], [], [], set()
+    server = Server.at(url)
     start = time.time()
     while not stop.is_set():
         began = time.perf_counter()
@@ -100,9 +98,9 @@ def _poll(url: str, period: float, stop, out) -> None:
             at.append(round(time.time() - start, 2))
             if not answer.ok:
                 failures.append(f"{answer.status_code}: {answer.text[:200]}")
-            status = requests.get(f"{url}/train/", timeout=30)
-            if status.ok:
-                training.add(status.json().get("status", ""))
+            status = server.train_status()
+            if status:
+                training.add(status.get("status", ""))
         except requests.RequestException as e:
             failures.append(str(e))
         stop.wait(period)

@@ -19,53 +19,14 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import requests
 from monailabel.client import MONAILabelClient
 
+from samlabel.tools.rest import Server
 from samlabel.tools.server_evaluation import Case, ServerModel, evaluate_server, evaluate_target, object_targets
 
 logger = logging.getLogger(__name__)
 
-TRAINER = "sam_adapter"
 ANNOTATOR = "simulated-annotator"
-
-
-class Server:
-    """The calls the simulator makes besides infer: training status, train stats, scoring status."""
-
-    def __init__(self, url: str, client: MONAILabelClient):
-        self.url, self.client = url, client
-
-    def info(self) -> dict[str, Any]:
-        return requests.get(f"{self.url}/info/", timeout=60).json()
-
-    def runs_started(self) -> int:
-        """How many training tasks MONAI Label has started (it answers 404 before the first)."""
-        answer = requests.get(f"{self.url}/train/", params={"all": "true"}, timeout=60)
-        return len(answer.json()) if answer.ok else 0
-
-    def training(self) -> bool:
-        return self.client.train_status().get("status") in ("SUBMITTED", "RUNNING")
-
-    def wait_for_run(self, runs_before: int, timeout: float) -> dict[str, Any]:
-        """Wait until a run newer than ``runs_before`` has started and finished; returns its task."""
-        deadline = time.monotonic() + timeout
-        while self.runs_started() <= runs_before or self.training():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no finished training run after {timeout:.0f} s")
-            time.sleep(2)
-        return self.client.train_status()
-
-    def wait_for_scoring(self, timeout: float) -> None:
-        """Wait until the uncertainty scores were computed with the served adapter version."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            served = requests.get(f"{self.url}/adapter/versions", timeout=60).json()["served"]
-            status = self.info()["scoring"]["sam_uncertainty"]["status"]
-            if status.get("state") == "idle" and status.get("last_pass", {}).get("adapter_version") == served:
-                return
-            time.sleep(2)
-        raise TimeoutError(f"scoring not done with the served version after {timeout:.0f} s")
 
 
 def annotate(client: MONAILabelClient, case: Case, max_clicks: int = 20) -> dict[str, int]:
@@ -84,7 +45,6 @@ def holdout_scores(client: MONAILabelClient, holdout: list[Case]) -> dict[str, A
 
 
 def simulate_rounds(
-    url: str,
     client: MONAILabelClient,
     pool: list[Case],
     holdout: list[Case],
@@ -95,9 +55,9 @@ def simulate_rounds(
     on_round: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` rounds of ``per_round`` images; returns one record per round plus the final hold-out."""
-    server = Server(url, client)
+    server = Server(client)
     by_id = {case.image_id: case for case in pool}
-    missing = set(by_id) - set(client.datastore().get("objects", {}))
+    missing = set(by_id) - server.datastore_ids()
     if missing:
         raise ValueError(f"the server's datastore lacks pool images {sorted(missing)}")
     records: list[dict[str, Any]] = []
@@ -127,9 +87,9 @@ def simulate_rounds(
             break
         trigger = last_save.get("training", {})
         if not trigger.get("run_requested") and not server.training() and server.runs_started() == runs_before:
-            client.train_start(TRAINER, {})  # train_every does not match per_round
+            server.start_training()  # train_every does not match per_round
         task = server.wait_for_run(runs_before, timeout)
-        stats = server.info()["train_stats"].get(TRAINER, {})
+        stats = server.train_stats()
         record["training"] = {
             "status": task.get("status"),
             "version": stats.get("version"),

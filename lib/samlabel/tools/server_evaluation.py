@@ -31,14 +31,16 @@ import numpy as np
 from monailabel.client import MONAILabelClient
 from scipy import ndimage
 
+from samlabel.datastore.local import NIFTI_SUFFIXES
+from samlabel.datastore.local import image_id as datastore_id
 from samlabel.evaluation.metrics import dice, largest_slice, roi_of, simulated_clicks_dice, targets
 from samlabel.inference.geometry import volume_slice
+from samlabel.tools.rest import Server
 
 logger = logging.getLogger(__name__)
 
 REPORTED_CLICKS = (1, 3, 5, 10)
 MAX_CLICKS = 20  # NoC cap
-IMAGE_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,13 @@ def studies_cases(folder: Path) -> list[Case]:
     folder = Path(folder)
     cases = []
     for path in sorted(folder.iterdir()):
-        suffix = next((s for s in IMAGE_SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or not path.is_file():
+        if not path.name.endswith(NIFTI_SUFFIXES) or not path.is_file():
             continue
         truth = folder / "labels" / "final" / path.name
         if not truth.is_file():
             logger.warning("no ground truth for %s in %s: skipped", path.name, truth.parent)
             continue
-        cases.append(Case(path.name[: -len(suffix)], path, truth))
+        cases.append(Case(datastore_id(path), path, truth))
     if not cases:
         raise FileNotFoundError(f"{folder}: no images with ground truth in {folder / 'labels' / 'final'}")
     return cases
@@ -87,7 +88,7 @@ class ServerModel:
     def __init__(
         self, client: MONAILabelClient, model: str, image_id: str, session_id: str | None, binary: bool = True
     ):
-        self.client, self.model, self.image_id, self.session_id = client, model, image_id, session_id
+        self.server, self.model, self.image_id, self.session_id = Server(client), model, image_id, session_id
         self.binary = binary  # a boolean mask, or the label values (sam_auto)
         self.round_trip_ms: list[float] = []
         self.server_ms: list[float] = []
@@ -95,18 +96,12 @@ class ServerModel:
 
     def __call__(self, params: dict[str, Any]) -> np.ndarray:
         """The returned label volume ``(I, J, K)`` as a boolean mask (or its values, if not ``binary``)."""
-        began = time.perf_counter()
-        path, result = self.client.infer(self.model, self.image_id, params, session_id=self.session_id)
-        self.round_trip_ms.append((time.perf_counter() - began) * 1000)
-        total = result.get("latencies", {}).get("total")
-        if total is not None:
-            self.server_ms.append(float(total) * 1000)
-        self.last_params = result
-        try:
-            label = np.asarray(nib.load(path).dataobj)
-            return label > 0 if self.binary else label
-        finally:
-            Path(path).unlink(missing_ok=True)
+        answer = self.server.infer(self.model, self.image_id, params, session_id=self.session_id)
+        self.round_trip_ms.append(answer.round_trip_s * 1000)
+        if answer.server_s is not None:
+            self.server_ms.append(answer.server_s * 1000)
+        self.last_params = answer.result
+        return answer.label > 0 if self.binary else answer.label
 
 
 @contextlib.contextmanager
@@ -196,7 +191,7 @@ def evaluate_server(
         raise ValueError(f"prompt must be clicks or box, not {prompt!r}")
     reported = tuple(n for n in reported if n <= max_clicks) or (max_clicks,)  # never report unmade clicks
     began = time.perf_counter()
-    datastore_ids = set(client.datastore().get("objects", {}))
+    datastore_ids = Server(client).datastore_ids()
     per_image, every_object, round_trip, server = {}, [], [], []
     params: dict[str, Any] = {}
     for case in cases:
@@ -257,7 +252,7 @@ def auto_object_scores(label: np.ndarray, truth: np.ndarray) -> dict:
 def evaluate_auto(client: MONAILabelClient, cases: list[Case], model: str = "sam_auto") -> dict[str, Any]:
     """``sam_auto`` once per image: Dice of each target with 0 clicks (2-D and 3-D), latency."""
     began = time.perf_counter()
-    datastore_ids = set(client.datastore().get("objects", {}))
+    datastore_ids = Server(client).datastore_ids()
     per_image, every_object, round_trip = {}, [], []
     params: dict[str, Any] = {}
     for case in cases:

@@ -21,11 +21,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import psutil
-import requests
 from monailabel.client import MONAILabelClient
 
 from samlabel.evaluation.metrics import roi_of
-from samlabel.tools.round_simulation import TRAINER, Server
+from samlabel.tools.rest import Server
 from samlabel.tools.server_evaluation import percentiles
 
 logger = logging.getLogger(__name__)
@@ -83,15 +82,15 @@ def server_rss(server_pid: int) -> int:
 class Timer:
     """Named samples of ``{round_trip, server, sam, encoder_runs}`` per request, summarised as p50/p95/n."""
 
-    def __init__(self, client: MONAILabelClient, url: str):
-        self.client, self.url = client, url
+    def __init__(self, client: MONAILabelClient):
+        self.server = Server(client)
         self.samples: dict[str, list[dict[str, float]]] = {}
 
     def infer(self, path: str, model: str, image: str, params: dict[str, Any]) -> dict[str, Any]:
-        began = time.perf_counter()
-        _, result = self.client.infer(model, image, params)
+        answer = self.server.infer(model, image, params, read=False)
+        result = answer.result
         sample = {
-            "round_trip": time.perf_counter() - began,
+            "round_trip": answer.round_trip_s,
             "server": result["latencies"]["total"],
             "sam": result["sam_seconds"],
             "encoder_runs": result["encoder_runs"],
@@ -101,7 +100,7 @@ class Timer:
         return result
 
     def engine(self) -> dict[str, Any]:
-        return requests.get(f"{self.url}/info/", timeout=60).json()["engine"]
+        return self.server.engine()
 
     def wait_prefetch(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
@@ -165,10 +164,10 @@ def volume_paths(timer: Timer, cold: str, warm: str, label: np.ndarray, truth_wa
     return {"depth": depth, "slices_propagated": slices}
 
 
-def fine_tuning_round(client: MONAILabelClient, url: str, truths: dict[str, Path], timeout: float) -> dict[str, Any]:
+def fine_tuning_round(client: MONAILabelClient, truths: dict[str, Path], timeout: float) -> dict[str, Any]:
     """Save 5 final labels (the server's ``train_every`` is 5) and time the run they trigger until it is
     published or rolled back."""
-    server = Server(url, client)
+    server = Server(client)
     runs_before = server.runs_started()
     saved_at = None
     for image_id, truth in truths.items():
@@ -176,7 +175,7 @@ def fine_tuning_round(client: MONAILabelClient, url: str, truths: dict[str, Path
         saved_at = time.monotonic()
     server.wait_for_run(runs_before, timeout)
     seconds = time.monotonic() - saved_at
-    stats = server.info()["train_stats"].get(TRAINER, {})
+    stats = server.train_stats()
     return {"labels": len(truths), "seconds": round(seconds, 1), "train_stats": stats}
 
 
@@ -282,8 +281,8 @@ def run_with_server(start: Callable[..., tuple[Any, str]], stop: Callable[[Any],
     proc, url = start(studies, log)
     try:
         client = MONAILabelClient(url, tmpdir=tempfile.mkdtemp(prefix="samlabel-bench-"))
-        timer = Timer(client, url)
-        Server(url, client).wait_for_scoring(1800)  # start-up scoring would compete for the CPU
+        timer = Timer(client)
+        timer.server.wait_for_scoring(1800)  # start-up scoring would compete for the CPU
         return body(timer, client, url, proc)
     finally:
         stop(proc)

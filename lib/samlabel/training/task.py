@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from samlabel.adapters.versions import AdapterVersions, VersionRecord, now, publish_decision
 from samlabel.config import AppConfig
+from samlabel.datastore.local import image_id
 from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
@@ -36,11 +36,6 @@ from samlabel.training.step import InteractiveLoss
 TRAINING_NICENESS = 10  # lower CPU priority of the training subprocess
 
 logger = logging.getLogger(__name__)
-
-
-def image_id(path: str) -> str:
-    """The datastore id of an image or label file: its name without the image extension."""
-    return re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$", "", Path(path).name)
 
 
 def load_pair(item: dict[str, str], cfg: AppConfig) -> tuple[str, np.ndarray, np.ndarray]:

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """List, inspect and roll back the adapter versions of a running samlabel server.
 
-    .venv/bin/python scripts/adapter_versions [--server URL] list
-    .venv/bin/python scripts/adapter_versions [--server URL] show VERSION
-    .venv/bin/python scripts/adapter_versions [--server URL] rollback [VERSION]
+    scripts/adapter_versions [--server URL] list
+    scripts/adapter_versions [--server URL] show VERSION
+    scripts/adapter_versions [--server URL] rollback [VERSION]
 
 `rollback` without a version serves the version the served one was trained from. The server loads it
 on its next infer request; a restart keeps serving it.
@@ -14,6 +13,8 @@ import json
 import sys
 
 import requests
+
+from samlabel.tools.rest import RestError, Server
 
 
 def table(listing: dict) -> str:
@@ -37,29 +38,30 @@ def table(listing: dict) -> str:
     return "\n".join(lines + [f"(* served: {listing['served']})"])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every version, its gate outcome and validation Dice")
     commands.add_parser("show", help="one version's full record (JSON)").add_argument("version")
     commands.add_parser("rollback", help="serve an earlier version").add_argument("version", nargs="?")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    base = f"{args.server.rstrip('/')}/adapter"
+    server = Server.at(args.server)
     try:
         if args.command == "list":
-            answer = requests.get(f"{base}/versions", timeout=30)
+            answer = server.versions()
         elif args.command == "show":
-            answer = requests.get(f"{base}/versions/{args.version}", timeout=30)
+            answer = server.version(args.version)
         else:
-            answer = requests.post(f"{base}/rollback", params={"version": args.version} if args.version else {})
+            answer = server.rollback(args.version)
     except requests.ConnectionError:
         sys.exit(f"no samlabel server answers at {args.server}; start one with ./scripts/serve or pass --server")
-    if not answer.ok:
-        sys.exit(f"{answer.status_code}: {answer.json().get('detail', answer.text)}")
-    print(table(answer.json()) if args.command == "list" else json.dumps(answer.json(), indent=2))
+    except RestError as e:
+        sys.exit(f"{e.status_code}: {e.detail}")
+    print(table(answer) if args.command == "list" else json.dumps(answer, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

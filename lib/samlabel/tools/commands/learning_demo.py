@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Show that the served model learns from saved labels, through a real samlabel server.
 
 A new domain the click starter never saw: cine-MR-like short-axis hearts (LV blood, the ring of
@@ -8,7 +7,7 @@ background and publishes the new version if the gate passes. Before the first ro
 held-out hearts (never labelled) and held-out CT phantoms (the old domain) are segmented through the
 server with simulated clicks: Dice after 1 and 3 clicks on each object's largest slice.
 
-    .venv/bin/python scripts/learning_demo [--rounds 3] [--per-round 5] [--steps 120] [--out results/learning_demo]
+    scripts/learning_demo [--rounds 3] [--per-round 5] [--steps 120] [--out results/learning_demo]
 Writes OUT.json and OUT.png. Fixed seeds; about 40 minutes on 2 CPU cores.
 
 With --real (after scripts/make_sample_data --real), the new domain is real anatomy the click starter
@@ -17,7 +16,10 @@ never saw: deep grey-matter nuclei of the Colin27 T1 brain (AAL atlas masks, han
 pallidum + thalamus, then hippocampus + amygdala); every save starts a run (train_every 1). The right
 hemisphere (no voxel shared with the left) is held out; the old domain is the real CT/MR eval split.
 
-    .venv/bin/python scripts/learning_demo --real [--steps 120] [--out results/real/learning_demo]
+    scripts/learning_demo --real [--steps 120] [--out results/real/learning_demo]
+
+The default paths (data/real, results/...) are relative to the working directory (the repository's root
+when run as scripts/learning_demo).
 """
 
 import argparse
@@ -31,17 +33,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import requests
+from monailabel.client import MONAILabelClient
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from monailabel.client import MONAILabelClient  # noqa: E402
-
-from samlabel.tools.local_server import start_server, stop_server  # noqa: E402
-from samlabel.tools.round_simulation import Server  # noqa: E402
-from samlabel.tools.sample_data import LABELS, PHANTOMS  # noqa: E402
-from samlabel.tools.server_evaluation import Case, evaluate_server, structure_scores, studies_cases  # noqa: E402
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.rest import Server
+from samlabel.tools.sample_data import LABELS, PHANTOMS
+from samlabel.tools.server_evaluation import Case, evaluate_server, structure_scores, studies_cases
 
 HELD_OUT = {"cardiac": [100, 101, 102, 103], "ct": [2000, 2001]}
 REAL_ROUNDS = [("caudate", "putamen"), ("pallidum", "thalamus"), ("hippocampus", "amygdala")]
@@ -181,17 +178,18 @@ def plot(report: dict, out: Path, new_domain: str, old_domain: str) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--steps", type=int, default=120, help="train.max_steps of each run (CPU budget)")
     parser.add_argument("--real", action="store_true", help="learn real brain nuclei (data/real, see above)")
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "real", help="the real split (with --real)")
+    parser.add_argument("--data", type=Path, default=Path("data/real"), help="the real split (with --real)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/learning_demo (results/real/...)")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder)")
-    args = parser.parse_args()
-    out = args.out or ROOT / "results" / ("real/learning_demo" if args.real else "learning_demo")
+    args = parser.parse_args(argv)
+    out = args.out or Path("results", "real/learning_demo" if args.real else "learning_demo")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="samlabel-learning-"))
     demo = real_demo(work, args.data) if args.real else phantom_demo(work, args.rounds, args.per_round)
@@ -199,20 +197,20 @@ def main() -> None:
     conf = ["labels", demo.labels, "model_dir", str(work / "model")]
     conf += ["train_every", str(per_round), "train.max_steps", str(args.steps)]
     conf += ["train.val_every", str(max(args.steps // 3, 1))]
-    proc, server = start_server(work / "studies", work / "server.log", *conf)
+    proc, url = start_server(work / "studies", work / "server.log", *conf)
     began = time.time()
     try:
-        client = MONAILabelClient(server, tmpdir=str(work))
-        status = Server(server, client)
-        start_version = requests.get(f"{server}/adapter/versions", timeout=60).json()["served"]
+        server = Server.at(url, tmpdir=work)
+        client = server.client
+        start_version = server.served_version()
         rounds = [{"round": 0, "labels_saved": 0, "version": start_version, "gate": "start"}]
         for r in range(len(demo.saves) + 1):
             if r > 0:
-                runs_before = status.runs_started()
+                runs_before = server.runs_started()
                 for image_id, label_file in demo.saves[r - 1]:
                     client.save_label(image_id, str(label_file), tag="final")
-                task = status.wait_for_run(runs_before, timeout=3600)
-                stats = status.info()["train_stats"]["sam_adapter"]
+                task = server.wait_for_run(runs_before, timeout=3600)
+                stats = server.train_stats()
                 rounds.append(
                     {
                         "round": r,
@@ -237,7 +235,7 @@ def main() -> None:
     first, last = rounds[0], rounds[-1]
     report = {
         "what": "held-out Dice after 1 and 3 simulated clicks through a real server, before and after each round",
-        "command": " ".join(["scripts/learning_demo", *sys.argv[1:]]),
+        "command": " ".join(["scripts/learning_demo", *argv]),
         **demo.description,
         "settings": {"rounds": len(demo.saves), "per_round": per_round, "max_steps": args.steps},
         "device": "cpu (2 cores)",
@@ -254,4 +252,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

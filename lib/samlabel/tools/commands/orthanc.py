@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Run a throwaway Orthanc PACS on 127.0.0.1 with the sample studies in it, until Ctrl-C.
 
-    .venv/bin/python scripts/orthanc                  # http://127.0.0.1:8042, DICOMweb at /dicom-web
-    .venv/bin/python scripts/orthanc --keep data/pacs # keep the PACS's files in data/pacs
+    scripts/orthanc                  # http://127.0.0.1:8042, DICOMweb at /dicom-web
+    scripts/orthanc --keep data/pacs # keep the PACS's files in data/pacs
 
 Then serve it: SAMLABEL_STUDIES=http://127.0.0.1:8042/dicom-web ./scripts/serve
 """
@@ -15,16 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-try:
-    import samlabel  # noqa: F401
-except ImportError:  # running from a checkout before the package is installed
-    sys.path.insert(0, str(REPO / "lib"))
-
-from samlabel.datastore.pacs import pacs_client  # noqa: E402
-from samlabel.tools.dicom_export import upload_studies  # noqa: E402
-from samlabel.tools.orthanc import OrthancUnavailable, start_orthanc  # noqa: E402
-from samlabel.tools.sample_data import write_sample_studies  # noqa: E402
+from samlabel.datastore.pacs import pacs_client
+from samlabel.tools.dicom_export import upload_studies
+from samlabel.tools.orthanc import OrthancUnavailable, start_orthanc
+from samlabel.tools.sample_data import write_sample_studies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--studies",
         type=Path,
-        default=REPO / "data" / "sample" / "studies",
-        help="NIfTI studies to upload as DICOM series (default: the sample studies; written if missing)",
+        default=Path("data/sample/studies"),
+        help="NIfTI studies to upload as DICOM series (default: the sample studies, data/sample/studies under "
+        "the working directory; written if missing)",
     )
     parser.add_argument("--no-upload", action="store_true", help="start an empty PACS")
     args = parser.parse_args(argv)

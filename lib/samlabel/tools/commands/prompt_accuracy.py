@@ -1,9 +1,9 @@
-#!/usr/bin/env python3
 """Dice of the served model per prompt kind (box, 1/3/5 simulated clicks, sam_3d from an roi) on
 phantoms and the MNI brain generated with seeds the shipped sample studies do not use.
 
-    .venv/bin/python scripts/prompt_accuracy [--out results/prompt_accuracy] [--model litemedsam]
-Writes OUT.json (per case and mean) and OUT.png.
+    scripts/prompt_accuracy [--out results/prompt_accuracy] [--model litemedsam]
+Writes OUT.json (per case and mean) and OUT.png. OUT is relative to the working directory (the
+repository's root when run as scripts/prompt_accuracy).
 """
 
 import argparse
@@ -16,15 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from samlabel.config import load_app_config, load_model_config  # noqa: E402
-from samlabel.evaluation.metrics import box_dice, click_dice, largest_slice, roi_volume_dice, targets  # noqa: E402
-from samlabel.inference.engine import SamEngine  # noqa: E402
-from samlabel.inference.preprocess import normalize_volume  # noqa: E402
-from samlabel.inference.propagation import PropagationSettings  # noqa: E402
-from samlabel.tools.sample_data import LABELS, make_ct_phantom, make_mni_brain, make_mr_phantom  # noqa: E402
+from samlabel.config import load_app_config, load_model_config
+from samlabel.evaluation.metrics import box_dice, click_dice, largest_slice, roi_volume_dice, targets
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.inference.propagation import PropagationSettings
+from samlabel.tools.sample_data import LABELS, make_ct_phantom, make_mni_brain, make_mr_phantom
 
 
 def cases(seed: int):
@@ -34,17 +31,17 @@ def cases(seed: int):
     yield "mni152_brain", LABELS["mni"], make_mni_brain()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "results" / "prompt_accuracy"))
+    parser.add_argument("--out", default="results/prompt_accuracy")
     parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--adapter", default="default", help="default (the shipped one), none, or a file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = load_app_config({"model": args.model, "adapter": args.adapter})
     engine = SamEngine(load_model_config(cfg.model), cfg)
-    settings = PropagationSettings(cfg.propagation_iou, cfg.propagation_box_margin, cfg.propagation_mask_prompt)
+    settings = PropagationSettings.from_config(cfg)
     rows, began = [], time.time()
     for name, labels, (image, label) in cases(args.seed):
         volume01 = normalize_volume(np.asarray(image.dataobj), **cfg.intensity)
@@ -98,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """Simulate active-learning rounds: a strategy picks, a simulated annotator clicks and saves, the server
 fine-tunes, the hold-out set shows what was learned.
 
-    .venv/bin/python scripts/simulate_rounds --data DIR --holdout DIR --rounds K --per-round N \
+    scripts/simulate_rounds --data DIR --holdout DIR --rounds K --per-round N \
         --strategy random sam_uncertainty --out OUTDIR [--server-conf train.max_steps 40 ...]
-    .venv/bin/python scripts/simulate_rounds --server URL --data DIR --holdout DIR ... --strategy NAME
+    scripts/simulate_rounds --server URL --data DIR --holdout DIR ... --strategy NAME
 
 DIR and the hold-out DIR have the MONAI Label studies layout: images at the top, ground truth of the
 same names in labels/final/ (`scripts/make_sample_data --active-learning data/active_learning` writes
@@ -25,14 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
+from monailabel.client import MONAILabelClient
 
-from monailabel.client import MONAILabelClient  # noqa: E402
-
-from samlabel.tools.local_server import start_server, stop_server  # noqa: E402
-from samlabel.tools.round_simulation import simulate_rounds  # noqa: E402
-from samlabel.tools.server_evaluation import studies_cases  # noqa: E402
+from samlabel.tools.local_server import start_server, stop_server
+from samlabel.tools.round_simulation import simulate_rounds
+from samlabel.tools.server_evaluation import studies_cases
 
 
 def run_with_own_server(args, pool, holdout, strategy: str, work: Path) -> dict:
@@ -55,7 +51,7 @@ def run(url: str, args, pool, holdout, strategy: str, tmp: Path) -> dict:
     def report(record: dict) -> None:
         print(json.dumps({strategy: {k: record[k] for k in ("round", "holdout", "mean_clicks_per_image")}}), flush=True)
 
-    result = simulate_rounds(url, client, pool, holdout, args.rounds, args.per_round, strategy, on_round=report)
+    result = simulate_rounds(client, pool, holdout, args.rounds, args.per_round, strategy, on_round=report)
     print(json.dumps({strategy: {"final holdout": result["rounds"][-1]["holdout"]}}), flush=True)
     return result
 
@@ -85,7 +81,8 @@ def plot(report: dict, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", help="a running server over DIR's images (default: start one per strategy)")
     parser.add_argument("--data", type=Path, required=True, help="the pool: images + labels/final/ ground truth")
@@ -97,7 +94,7 @@ def main() -> None:
         "--server-conf", nargs="*", default=[], metavar="KEY VALUE", help="--conf pairs for the servers it starts"
     )
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.server and len(args.strategy) > 1:
         parser.error("a given --server can run one strategy (its labels are spent); omit --server to compare")
     if len(args.server_conf) % 2:
@@ -108,7 +105,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="samlabel-rounds-"))
     began = time.time()
     report = {
-        "command": " ".join(["scripts/simulate_rounds", *sys.argv[1:]]),
+        "command": " ".join(["scripts/simulate_rounds", *argv]),
         "pool": [c.image_id for c in pool],
         "holdout": [c.image_id for c in holdout],
         "settings": {"rounds": args.rounds, "per_round": args.per_round, "server_conf": args.server_conf},
@@ -127,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,13 +1,14 @@
-#!/usr/bin/env python3
 """Run the `sam_adapter` trainer from the command line on a MONAI Label studies folder.
 
 The folder has the studies layout (images at the top, final labels with the same names under
 labels/final/), exactly what `POST /train/sam_adapter` trains on inside the server. The run starts
 from the version served from OUT_DIR and goes through the same publish gate.
 
-    .venv/bin/python scripts/train --studies DIR [--steps 300] [--out-dir DIR] [--conf KEY VALUE ...]
+    scripts/train --studies DIR [--steps 300] [--out-dir DIR] [--conf KEY VALUE ...]
 Writes OUT_DIR/versions/ftNNN.pt (+ .json record) and OUT_DIR/train_stats.json; a server whose
-model dir holds OUT_DIR serves the new version from its next request if the gate passed.
+model dir holds OUT_DIR serves the new version from its next request if the gate passed. The default
+OUT_DIR, apps/samlabel/model/sam_adapter, is relative to the working directory (the repository's root
+when run as scripts/train).
 """
 
 import argparse
@@ -17,23 +18,19 @@ import sys
 from pathlib import Path
 
 import yaml
+from monailabel.datastore.local import LocalDatastore
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from monailabel.datastore.local import LocalDatastore  # noqa: E402
-
-from samlabel.adapters.choice import start_record  # noqa: E402
-from samlabel.adapters.versions import AdapterVersions  # noqa: E402
-from samlabel.config import load_app_config, load_model_config  # noqa: E402
-from samlabel.inference.engine import SamEngine  # noqa: E402
-from samlabel.training.task import SamAdapterTrain  # noqa: E402
+from samlabel.adapters.choice import start_record
+from samlabel.adapters.versions import AdapterVersions
+from samlabel.config import load_app_config, load_model_config
+from samlabel.inference.engine import SamEngine
+from samlabel.training.task import SamAdapterTrain
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=Path, required=True)
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "apps" / "samlabel" / "model" / "sam_adapter")
+    parser.add_argument("--out-dir", type=Path, default=Path("apps/samlabel/model/sam_adapter"))
     parser.add_argument("--steps", type=int, default=None, help="default: the train.max_steps of configs/app.yaml")
     parser.add_argument("--name", default="cli")
     parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
@@ -45,7 +42,7 @@ def main() -> None:
         metavar=("KEY", "VALUE"),
         help="trainer request values, e.g. --set val_split 0.25 (keys: the train section of configs/app.yaml)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     cfg = load_app_config(dict(args.conf))
@@ -64,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Train the click adapter that ships with samlabel (LiteMedSAM decoder + point embeddings).
 
 Deterministic recipe on generated data, no network:
@@ -6,16 +5,17 @@ Deterministic recipe on generated data, no network:
               slice, one sample per 2-D object, MONAI intensity/flip augmentation per volume;
   validation  CT and MR phantoms with seeds 2000.. (never trained on): Dice after 1/3/5 clicks and box;
   unseen      the real MNI152 brain (white and grey matter), a domain not in the training data.
-Writes lib/samlabel/assets/litemedsam_clicks.pt (+ .json) and results/click_starter.{json,png}.
+Writes lib/samlabel/assets/litemedsam_clicks.pt (+ .json) and results/click_starter.{json,png} (relative
+to the working directory: the repository's root when run as scripts/train_click_starter).
 
-    .venv/bin/python scripts/train_click_starter [--steps 250] [--n-ct 10] [--n-mr 5]
+    scripts/train_click_starter [--steps 250] [--n-ct 10] [--n-mr 5]
 
 With --real DIR (scripts/make_sample_data --real), the real split's `train` volumes join the phantoms
 (each twice: as is and augmented); their first --val-slices slices are cut off and validate instead,
 beside the held-out phantoms, so no voxel that selects the best state is trained on. The `eval` and
 `learn*` studies are never read. The version that ships as clicks-v2:
 
-    .venv/bin/python scripts/train_click_starter --real data/real --start default --version clicks-v2 \
+    scripts/train_click_starter --real data/real --start default --version clicks-v2 \
         --steps 300 --prior-clicks 6 --out lib/samlabel/assets/litemedsam_clicks_v2.pt \
         --results results/click_starter_v2
 """
@@ -31,18 +31,15 @@ import nibabel as nib
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from samlabel.config import ASSET_DIR, load_app_config, load_model_config  # noqa: E402
-from samlabel.evaluation.metrics import targets  # noqa: E402
-from samlabel.inference.engine import SamEngine  # noqa: E402
-from samlabel.inference.preprocess import normalize_volume  # noqa: E402
-from samlabel.tools.sample_data import LABELS, make_ct_phantom, make_mni_brain, make_mr_phantom  # noqa: E402
-from samlabel.tools.server_evaluation import studies_cases  # noqa: E402
-from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, train_adapter, validate  # noqa: E402
-from samlabel.training.samples import augmentation, slice_samples  # noqa: E402
-from samlabel.training.step import StepSettings  # noqa: E402
+from samlabel.config import ASSET_DIR, load_app_config, load_model_config
+from samlabel.evaluation.metrics import targets
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.tools.sample_data import LABELS, make_ct_phantom, make_mni_brain, make_mr_phantom
+from samlabel.tools.server_evaluation import studies_cases
+from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, train_adapter, validate
+from samlabel.training.samples import augmentation, slice_samples
+from samlabel.training.step import StepSettings
 
 
 def volume(image) -> np.ndarray:
@@ -73,7 +70,7 @@ def real_volumes(folder: Path, val_slices: int) -> tuple[list, list[ValTarget]]:
     return train, val
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -81,13 +78,13 @@ def main() -> None:
     parser.add_argument("--n-mr", type=int, default=5)
     parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ASSET_DIR / "litemedsam_clicks.pt")
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "click_starter")
+    parser.add_argument("--results", type=Path, default=Path("results/click_starter"))
     parser.add_argument("--real", type=Path, help="a real split folder: train on its `train` studies too")
     parser.add_argument("--val-slices", type=int, default=30, help="slices of each real volume kept to validate")
     parser.add_argument("--start", default="none", help="none (LiteMedSAM) or default (the shipped adapter)")
     parser.add_argument("--version", default="clicks-v1")
     parser.add_argument("--prior-clicks", type=int, default=4, help="most clicks simulated before the trained one")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
 
@@ -122,7 +119,8 @@ def main() -> None:
     unseen_before = validate(engine, unseen)
 
     step = StepSettings(max_prior_clicks=args.prior_clicks)
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, val_every=args.val_every, step=step)
+    run = {**cfg.train, "max_steps": args.steps, "train_batch_size": args.batch_size, "val_every": args.val_every}
+    settings = TrainSettings.from_request(run, step)
     prepare_model(engine, settings)
     report = train_adapter(engine, samples, held_out, settings, args.out, version=args.version)
     report["unseen_domain"] = {
@@ -183,4 +181,4 @@ def plot(report: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

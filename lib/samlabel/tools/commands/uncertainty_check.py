@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Does SAM's uncertainty rank images by the annotation effort they really need?
 
 For every image of a labelled folder (MONAI Label layout: images + labels/final/), computes the
@@ -7,8 +6,9 @@ annotator needs (clicks per image: every object to Dice 0.9 on its largest slice
 in-process with the served default model, then the Spearman rank correlation of each signal with the
 effort. A useful active-learning score correlates positively.
 
-    .venv/bin/python scripts/uncertainty_check [--data data/active_learning/pool] [--out results/uncertainty_check]
-Writes OUT.json and OUT.png (effort against each signal).
+    scripts/uncertainty_check [--data data/active_learning/pool] [--out results/uncertainty_check]
+Writes OUT.json and OUT.png (effort against each signal). The default paths are relative to the working
+directory (the repository's root when run as scripts/uncertainty_check).
 """
 
 import argparse
@@ -21,15 +21,12 @@ import nibabel as nib
 import numpy as np
 from scipy.stats import spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
-
-from samlabel.config import load_app_config, load_model_config  # noqa: E402
-from samlabel.evaluation.metrics import click_dice, largest_slice  # noqa: E402
-from samlabel.inference.engine import SamEngine  # noqa: E402
-from samlabel.inference.preprocess import normalize_volume  # noqa: E402
-from samlabel.inference.uncertainty import volume_uncertainty  # noqa: E402
-from samlabel.tools.server_evaluation import MAX_CLICKS, noc, object_targets, studies_cases  # noqa: E402
+from samlabel.config import load_app_config, load_model_config
+from samlabel.evaluation.metrics import click_dice, largest_slice
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.inference.uncertainty import volume_uncertainty
+from samlabel.tools.server_evaluation import MAX_CLICKS, noc, object_targets, studies_cases
 
 SIGNALS = ("prompt_jitter", "multimask_disagreement", "predicted_iou_gap")
 
@@ -53,11 +50,12 @@ def plot(rows: list[dict], correlation: dict, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "active_learning" / "pool")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "uncertainty_check")
-    args = parser.parse_args()
+    parser.add_argument("--data", type=Path, default=Path("data/active_learning/pool"))
+    parser.add_argument("--out", type=Path, default=Path("results/uncertainty_check"))
+    args = parser.parse_args(argv)
 
     cfg = load_app_config({})
     engine = SamEngine(load_model_config(cfg.model), cfg)
@@ -80,7 +78,7 @@ def main() -> None:
         correlation[signal] = {"rho": round(float(result.statistic), 3), "p": round(float(result.pvalue), 4)}
     report = {
         "what": "Spearman correlation of each uncertainty signal with the clicks an image needs",
-        "command": " ".join(["scripts/uncertainty_check", *sys.argv[1:]]),
+        "command": " ".join(["scripts/uncertainty_check", *argv]),
         "model_version": engine.version,
         "device": str(engine.device),
         "minutes": round((time.time() - began) / 60, 1),
@@ -94,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

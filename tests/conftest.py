@@ -23,7 +23,18 @@ SERVER_LABELS = "liver,spleen,kidney"
 SHIPPED_VERSION = read_adapter(load_model_config("litemedsam").adapter)[0].version
 # --conf pairs for a real but tiny fine-tuning run (about a minute on 2 CPU cores)
 REAL_SPLIT = rd.load_split()  # configs/real_split.yaml
-TINY_RUN = ("train.max_steps", "3", "train.slice_step", "24", "train.val_every", "100", "train.train_batch_size", "2")
+TINY_RUN = (
+    "train.max_steps",
+    "3",
+    "train.anchor_slices",
+    "1",
+    "train.slice_step",
+    "24",
+    "train.val_every",
+    "100",
+    "train.train_batch_size",
+    "2",
+)
 
 
 @pytest.fixture(scope="session")

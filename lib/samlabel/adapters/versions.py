@@ -46,6 +46,8 @@ class VersionRecord:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # validation Dice of this version ...
     parent_metrics: dict[str, float] = field(default_factory=dict)  # ... and of its parent, same cases
+    anchor_metrics: dict[str, float] = field(default_factory=dict)  # on the anchor set (training/anchor.py) ...
+    parent_anchor_metrics: dict[str, float] = field(default_factory=dict)  # ... and its parent's
     labels: dict[str, float] = field(default_factory=dict)  # image id -> label file time, trained on
     new_labels: list[str] = field(default_factory=list)  # saved since the parent was trained
     validation: list[str] = field(default_factory=list)  # image ids held out to validate the run
@@ -58,17 +60,30 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def publish_decision(candidate: dict[str, float], served: dict[str, float], tolerance: float) -> tuple[bool, str]:
-    """Serve the candidate unless its Dice@1, Dice@3 or box Dice is more than ``tolerance`` below the
-    served version's on the same validation cases. Returns (publish, reason)."""
+def publish_decision(
+    candidate: dict[str, float],
+    served: dict[str, float],
+    tolerance: float,
+    candidate_anchor: dict[str, float] | None = None,
+    served_anchor: dict[str, float] | None = None,
+) -> tuple[bool, str]:
+    """Serve the candidate unless its Dice@1, Dice@3 or box Dice is more than ``tolerance`` below the served
+    version's on the same cases: the new labels' validation images and, when given, the anchor set (the
+    domains already served). Returns (publish, reason)."""
+    checks = [("", candidate, served)]
+    if candidate_anchor and served_anchor:
+        checks.append(("anchor ", candidate_anchor, served_anchor))
     drops = [
-        f"{k} {candidate[k]:.3f} < served {served[k]:.3f} - {tolerance}"
+        f"{where}{k} {new[k]:.3f} < served {old[k]:.3f} - {tolerance}"
+        for where, new, old in checks
         for k in GATED_METRICS
-        if candidate[k] < served[k] - tolerance
+        if new[k] < old[k] - tolerance
     ]
     if drops:
         return False, "worse than the served version: " + "; ".join(drops)
-    gains = ", ".join(f"{k} {served[k]:.3f} -> {candidate[k]:.3f}" for k in GATED_METRICS)
+    gains = "; ".join(
+        ", ".join(f"{where}{k} {old[k]:.3f} -> {new[k]:.3f}" for k in GATED_METRICS) for where, new, old in checks
+    )
     return True, f"not worse than the served version within {tolerance}: {gains}"
 
 

@@ -118,13 +118,15 @@ def train_adapter(
     optimizer: torch.optim.Optimizer | None = None,
     loss: InteractiveLoss | None = None,
     sample_weights: np.ndarray | None = None,
+    anchor_targets: list[ValTarget] | None = None,
 ) -> dict:
     """Train ``engine.model`` (prepared by :func:`prepare_model`) in place; write the best as an adapter file.
 
     ``sample_weights`` make some samples (e.g. from newly saved labels) come up more often; without
-    them each pass visits every sample once. The file keeps the parts the engine's adapter already
-    had, so a decoder-only run on top of encoder adapters keeps them. Returns the report: validation
-    before and during training, the best metrics, the trainable share.
+    them each pass visits every sample once. ``anchor_targets`` (the anchor set's) are validated before
+    training and with the best state, for the gate; they never choose the best state. The file keeps the
+    parts the engine's adapter already had, so a decoder-only run on top of encoder adapters keeps them.
+    Returns the report: validation before and during training, the best metrics, the trainable share.
     """
     if engine.runtime != "torch":  # an exported graph would validate the weights it was exported with
         raise ValueError(f"training needs an engine on the torch runtime, not {engine.runtime}")
@@ -183,6 +185,13 @@ def train_adapter(
         if current.state.iteration > 0 and score(metrics) > best["score"]:
             best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
 
+    def validate_anchor() -> dict[str, float]:
+        model.eval()
+        if "adapters" in settings.parts:
+            engine.embeddings.clear()
+        return validate(engine, anchor_targets) if anchor_targets else {}
+
+    anchor_before = validate_anchor()
     trainer.add_event_handler(Events.STARTED, run_validation)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=settings.val_every), run_validation)
     began = time.time()
@@ -191,6 +200,7 @@ def train_adapter(
         run_validation(trainer)
 
     model.load_state_dict(best["state"], strict=False)
+    anchor_best = validate_anchor()
     model.eval()
     kept = engine.adapter.parts if engine.adapter else ()
     kind = adapter_kind(model) or "plain"
@@ -217,6 +227,7 @@ def train_adapter(
         "seconds": round(time.time() - began, 1),
         "before": history[0],
         "best": best["metrics"],
+        "anchor": {"before": anchor_before, "best": anchor_best, "targets": len(anchor_targets or [])},
         "history": history,
         "settings": _jsonable(settings),
     }

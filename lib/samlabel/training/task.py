@@ -29,6 +29,7 @@ from samlabel.datastore.local import image_id
 from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
+from samlabel.training.anchor import load_anchor_set
 from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, prepare_model, train_adapter
 from samlabel.training.samples import augmentation, slice_samples
 from samlabel.training.step import InteractiveLoss
@@ -103,6 +104,8 @@ class SamAdapterTrain(BasicTrainTask):
         samples = slice_samples(
             context.engine, train_volumes, int(request["slice_step"]), augment=self.train_pre_transforms(context)
         )
+        anchor = load_anchor_set(int(request["anchor_slices"]))
+        samples += slice_samples(context.engine, anchor.replay, 1)  # the served domains, replayed
         new_weight = float(request["new_label_weight"])
         weights = np.array([new_weight if s.volume in new_labels else 1.0 for s in samples])
         val_volumes = [load_pair(item, self.cfg) for item in val_list] or train_volumes
@@ -122,6 +125,7 @@ class SamAdapterTrain(BasicTrainTask):
             optimizer=self.optimizer(context),
             loss=self.loss_function(context),
             sample_weights=weights,
+            anchor_targets=anchor.validate,
         )
         record = self._publish(version, served, report, labels, new_labels, [n for n, _, _ in val_volumes], request)
         stats = {
@@ -140,7 +144,10 @@ class SamAdapterTrain(BasicTrainTask):
 
     def _publish(self, version, served, report, labels, new_labels, validation, request) -> VersionRecord:
         """Record the run's version; serve it if the gate passes and nobody changed the served one meanwhile."""
-        publish, reason = publish_decision(report["best"], report["before"], self.cfg.publish_tolerance)
+        anchor = report["anchor"]
+        publish, reason = publish_decision(
+            report["best"], report["before"], self.cfg.publish_tolerance, anchor["best"], anchor["before"]
+        )
         record = VersionRecord(
             version=version,
             adapter=report["adapter"],
@@ -150,6 +157,8 @@ class SamAdapterTrain(BasicTrainTask):
             reason=reason,
             metrics=report["best"],
             parent_metrics=report["before"],
+            anchor_metrics=anchor["best"],
+            parent_anchor_metrics=anchor["before"],
             labels=labels,
             new_labels=new_labels,
             validation=validation,

@@ -1,0 +1,54 @@
+"""The anchor set: slices of the domains the shipped adapter already handles, so a run cannot forget them.
+
+Every fine-tuning run validates on the anchor's ``validate`` slices besides the new labels' validation
+images, and the gate publishes a version only if it holds on both (:func:`samlabel.adapters.versions.
+publish_decision`); the anchor's ``replay`` slices (other phantoms, never validated on) join the training
+samples, so a run on a new domain keeps seeing the old one. The set ships as ``assets/anchor_set.npz``,
+built deterministically by ``samlabel-make-anchor-set`` from phantoms no other split uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from samlabel.config import ASSET_DIR
+from samlabel.inference.objects import label_objects
+from samlabel.training.loop import ValTarget
+
+ANCHOR_FILE = ASSET_DIR / "anchor_set.npz"
+
+
+@dataclass(frozen=True)
+class AnchorSet:
+    validate: list[ValTarget]  # one per object on a validate slice
+    replay: list[tuple[str, np.ndarray, np.ndarray]]  # (name, 1-slice [0, 1] volume, label): training volumes
+
+
+def load_anchor_set(max_slices: int, path: Path = ANCHOR_FILE) -> AnchorSet:
+    """The shipped anchor set, up to ``max_slices`` slices of each part (spread evenly over its modalities;
+    0: none); each slice is a one-slice volume, so the serving code paths apply as is."""
+    with np.load(path) as data:
+        names, splits = [str(n) for n in data["names"]], [str(s) for s in data["splits"]]
+        validate, replay = [], []
+        for i, (name, split) in enumerate(zip(names, splits, strict=True)):
+            part = [j for j, s in enumerate(splits) if s == split]
+            if i not in _spread(part, max_slices):
+                continue
+            volume01 = data[f"image_{i}"].astype(np.float32)[..., None]
+            label = data[f"label_{i}"].astype(np.int16)[..., None]
+            if split == "validate":
+                for n, (value, mask) in enumerate(label_objects(label)):
+                    validate.append(ValTarget(f"anchor/{name}/{value}_{n}", volume01, mask))
+            else:
+                replay.append((f"anchor/{name}", volume01, label))
+    return AnchorSet(validate, replay)
+
+
+def _spread(items: list[int], n: int) -> set[int]:
+    """``n`` of ``items``, evenly spaced (all of them when there are fewer)."""
+    if n >= len(items):
+        return set(items)
+    return {items[int(round(x))] for x in np.linspace(0, len(items) - 1, n)} if n > 0 else set()

@@ -1,0 +1,67 @@
+"""The anchor set (the domains the shipped adapter serves) and the gate that refuses a run forgetting them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from samlabel.adapters.versions import publish_decision
+from samlabel.config import app_defaults, load_app_config, load_model_config
+from samlabel.evaluation.metrics import targets
+from samlabel.inference.engine import SamEngine
+from samlabel.inference.preprocess import normalize_volume
+from samlabel.tools.commands.make_anchor_set import REPLAY_SEEDS, VALIDATE_SEEDS, anchor_slices
+from samlabel.tools.sample_data import ACTIVE_LEARNING_SPLIT, make_cardiac_phantom
+from samlabel.training.anchor import ANCHOR_FILE, load_anchor_set
+from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, train_adapter
+from samlabel.training.samples import slice_samples
+
+GOOD = {"dice_1": 0.9, "dice_3": 0.92, "dice_5": 0.93, "dice_box": 0.9}
+
+
+def test_the_shipped_anchor_set_is_what_the_command_builds_from_unused_phantoms() -> None:
+    rows = anchor_slices()
+    with np.load(ANCHOR_FILE) as shipped:
+        assert [str(n) for n in shipped["names"]] == [r[0] for r in rows]
+        for i, (_, _, image01, label) in enumerate(rows):
+            assert np.array_equal(shipped[f"image_{i}"], image01.astype(np.float16))
+            assert np.array_equal(shipped[f"label_{i}"], label)
+    anchor_seeds = {s for seeds in (*VALIDATE_SEEDS.values(), *REPLAY_SEEDS.values()) for s in seeds}
+    used_elsewhere = {s for part in ACTIVE_LEARNING_SPLIT.values() for seeds in part.values() for s in seeds}
+    used_elsewhere |= set(range(3))  # the sample studies
+    assert not anchor_seeds & used_elsewhere and not anchor_seeds & set(range(1000, 3000))  # starter, hold-out
+    assert not set(VALIDATE_SEEDS["ct"]) & set(REPLAY_SEEDS["ct"]), "never validated on what is replayed"
+
+
+def test_anchor_slices_spread_over_ct_and_mr() -> None:
+    anchor = load_anchor_set(app_defaults().train["anchor_slices"])
+    slices = {t.name.split("/")[1] for t in anchor.validate}
+    assert len(slices) == 8 and {s[:2] for s in slices} == {"ct", "mr"}
+    assert len(anchor.replay) == 6 and all(v.shape[2] == 1 for _, v, _ in anchor.replay)
+    assert load_anchor_set(0) == type(anchor)([], [])
+
+
+def test_the_gate_refuses_a_version_that_holds_on_new_labels_but_drops_on_the_anchor() -> None:
+    forgot = {**GOOD, "dice_1": 0.8}
+    publish, reason = publish_decision(GOOD, GOOD, 0.02, forgot, GOOD)
+    assert not publish and "anchor dice_1 0.800 < served 0.900" in reason
+    assert publish_decision(GOOD, GOOD, 0.02, GOOD, GOOD)[0]
+
+
+def test_a_run_that_forgets_is_rejected_on_the_anchor_set(tmp_path) -> None:
+    """Trained only on hearts (a domain the served adapter never saw) at a destructive learning rate: the
+    anchor set, never trained on, shows the loss and the gate names it."""
+    cfg = load_app_config({})
+    engine = SamEngine(load_model_config(cfg.model), cfg, runtime="torch")
+    image, label = make_cardiac_phantom(0)
+    volume01, label = normalize_volume(np.asarray(image.dataobj)), np.asarray(label.dataobj)
+    samples = slice_samples(engine, [("heart", volume01, label)], 8)
+    hearts = [ValTarget(f"heart/{n}", volume01, m) for n, m in targets(label, {"heart": 1}).items()]
+    request = {**cfg.train, "max_steps": 3, "learning_rate": 1.0, "val_every": 100, "train_batch_size": 2}
+    settings = TrainSettings.from_request(request)
+    prepare_model(engine, settings)
+    anchor = load_anchor_set(2)
+    report = train_adapter(engine, samples, hearts, settings, tmp_path / "v.pt", "v", anchor_targets=anchor.validate)
+    before, after = report["anchor"]["before"], report["anchor"]["best"]
+    assert before["dice_1"] > 0.8 and after["dice_1"] < before["dice_1"] - 0.2, report["anchor"]
+    publish, reason = publish_decision(report["best"], report["before"], cfg.publish_tolerance, after, before)
+    assert not publish and "anchor dice_1" in reason

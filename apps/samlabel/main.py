@@ -38,7 +38,10 @@ class SamLabelApp(MONAILabelApp):
         self.trainer_dir = Path(self.model_dir) / "sam_adapter"
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
         fallback = fallback_choice(self.cfg.adapter)  # served if the served version cannot be loaded
-        self.engine = SamEngine(self.model_cfg, self.cfg, self.versions.served().adapter, fallback=fallback)
+        self.encoder_dir = self.trainer_dir / "encoder"  # embeddings and encoder graphs, shared with the trainer
+        self.engine = SamEngine(
+            self.model_cfg, self.cfg, self.versions.served().adapter, fallback=fallback, encoder_dir=self.encoder_dir
+        )
         self.refinements = RefinementStore()
         self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
@@ -56,9 +59,13 @@ class SamLabelApp(MONAILabelApp):
         )
         self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
 
-    def make_training_engine(self, adapter: str) -> SamEngine:
-        """Training needs PyTorch's autograd, whatever runtime serves."""
-        return SamEngine(self.model_cfg, self.cfg, adapter, "torch")
+    def make_training_engine(self, adapter: str, trains_encoder: bool) -> SamEngine:
+        """Training needs PyTorch's autograd, whatever runtime serves; an encoder that does not train encodes
+        as the server does, so the server's embeddings are found on disk instead of computed again."""
+        encoder_runtime = "torch" if trains_encoder else self.engine.encoder_runtime
+        return SamEngine(
+            self.model_cfg, self.cfg, adapter, "torch", encoder_dir=self.encoder_dir, encoder_runtime=encoder_runtime
+        )
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):

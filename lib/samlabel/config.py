@@ -56,6 +56,7 @@ class AppConfig:
     mr_percentiles: tuple[float, float]
     labels: tuple[str, ...]
     cache_mb: int
+    embedding_store_mb: int
     image_cache_mb: int
     max_points: int
     min_object_voxels: int

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 import torch
 
+from samlabel.inference.embedding_store import EmbeddingStore
 from samlabel.inference.geometry import volume_slice
 from samlabel.inference.tensor_cache import TensorCache
 
@@ -39,10 +40,12 @@ def embedding_keys(
 
 
 class EmbeddingCache:
-    """A byte-bounded LRU of embeddings, with the keys some thread is encoding right now."""
+    """A byte-bounded LRU of embeddings in memory, over an optional :class:`EmbeddingStore` on disk, with the
+    keys some thread is encoding right now."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, disk: EmbeddingStore | None = None):
         self.store = TensorCache(max_bytes)
+        self.disk = disk
         self._inflight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -50,14 +53,23 @@ class EmbeddingCache:
         return len(self.store)
 
     def get(self, key: str) -> torch.Tensor | None:
-        return self.store.get(key)
+        found = self.store.get(key)
+        if found is None and self.disk is not None:
+            found = self.disk.get(key)
+            if found is not None:
+                self.store.put(key, found)
+        return found
 
     def put(self, key: str, embedding: torch.Tensor) -> None:
         self.store.put(key, embedding)
+        if self.disk is not None:
+            self.disk.put(key, embedding)
 
     def clear(self) -> None:
-        """Forget every embedding: the encoder changed under the same version (adapters being trained)."""
+        """Forget every embedding and stop using the disk: the encoder changes under the same version
+        (its adapters are being trained)."""
         self.store = TensorCache(self.store.max_bytes)
+        self.disk = None
 
     def claim(self, keys: list[str]) -> tuple[list[str], dict[str, threading.Event]]:
         """Split ``keys`` into those the calling thread will encode and those another thread is encoding."""

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from samlabel.adapters.choice import configured_kind, load_adapter
 from samlabel.adapters.files import AdapterError, AdapterInfo
 from samlabel.adapters.layers import STATEFUL_KINDS, conditioned_on, prompt_condition, stack_of
 from samlabel.config import AppConfig, ModelConfig
+from samlabel.inference.embedding_store import EmbeddingStore
 from samlabel.inference.embeddings import EmbeddingCache, embedding_keys
 from samlabel.inference.geometry import SliceGeometry, slice_geometry, volume_slice
 from samlabel.inference.prefetch import Prefetcher
@@ -27,7 +29,7 @@ from samlabel.inference.preprocess import slice_to_model_input
 from samlabel.model.forward import predict_masks
 from samlabel.model.onnx_runtime import OnnxDecoder, OnnxEncoder
 from samlabel.model.registry import build_model, load_checkpoint
-from samlabel.model.runtime import onnx_sessions, pick_device, pick_runtime
+from samlabel.model.runtime import encoder_session, pick_device, pick_runtime
 from samlabel.model.weights import resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -61,18 +63,26 @@ class SamEngine:
         adapter: str | None = None,
         runtime: str | None = None,
         fallback: str | None = None,
+        encoder_dir: Path | None = None,
+        encoder_runtime: str | None = None,
     ):
-        """``fallback``: the adapter to serve when ``adapter`` cannot be loaded (None: raise)."""
+        """``fallback``: the adapter to serve when ``adapter`` cannot be loaded (None: raise). ``encoder_dir``:
+        where embeddings and exported encoder graphs are shared with other processes (the trainer's).
+        ``encoder_runtime``: the image encoder's, when it differs from ``runtime`` (a trainer decodes with
+        PyTorch but encodes as the server does, so it finds the server's embeddings)."""
         self.model_cfg = model_cfg
         self.app_cfg = app_cfg
         self.kind = configured_kind(app_cfg.adapter, model_cfg.adapter)  # versions of other kinds are refused
         self.device = pick_device(app_cfg.device)
         self.runtime = pick_runtime(runtime or app_cfg.runtime, self.device, app_cfg.precision)
+        self.encoder_runtime = pick_runtime(encoder_runtime or self.runtime, self.device, app_cfg.precision)
+        self.encoder_dir = encoder_dir
         self.autocast_dtype = torch.bfloat16 if app_cfg.precision == "bf16" else None
         self.encoder_batch = app_cfg.encoder_batch or (16 if self.device.type == "cuda" else 1)
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.base_sha256 = sha256_file(self.weights_path)
-        self.embeddings = EmbeddingCache(app_cfg.cache_mb * 2**20)
+        disk = EmbeddingStore(encoder_dir / "embeddings", app_cfg.embedding_store_mb * 2**20) if encoder_dir else None
+        self.embeddings = EmbeddingCache(app_cfg.cache_mb * 2**20, disk)
         self.prefetcher = Prefetcher(self, app_cfg.prefetch_slices)
         self.encoder_runs = 0
         self._lock = threading.Lock()  # one foreground encoder or decoder call at a time
@@ -133,16 +143,24 @@ class SamEngine:
         return bool(self.adapter) and self.adapter.encoder_kind == "hyp_adpt"
 
     def _export_onnx(self, model: torch.nn.Module, encoder_version: str, adapter: AdapterInfo | None) -> tuple:
-        """ONNX Runtime sessions for ``model`` (none off the ONNX runtime); a model that cannot be exported
-        (e.g. over ONNX's 2 GB limit) is served with PyTorch from then on."""
-        if self.runtime != "onnxruntime":
+        """ONNX Runtime sessions for the parts that run on it; a model that cannot be exported (e.g. over
+        ONNX's 2 GB limit) is served with PyTorch from then on."""
+        if "onnxruntime" not in (self.runtime, self.encoder_runtime):
             return None, None
-        stateful = adapter is not None and adapter.encoder_kind in STATEFUL_KINDS
+        torch_encoder = self.encoder_runtime != "onnxruntime" or bool(
+            adapter and adapter.encoder_kind in STATEFUL_KINDS
+        )
+        graphs = self.encoder_dir / "graphs" if self.encoder_dir else None
         try:
-            return onnx_sessions(model, self.model_cfg.img_size, encoder_version, stateful, self._onnx_encoder)
+            encoder = (
+                None
+                if torch_encoder
+                else encoder_session(model, self.model_cfg.img_size, encoder_version, self._onnx_encoder, graphs)
+            )
+            return encoder, OnnxDecoder(model) if self.runtime == "onnxruntime" else None
         except Exception as e:  # noqa: BLE001 - any exporter failure means: serve with PyTorch
             logger.warning("ONNX export failed, serving with PyTorch: %s", e)
-            self.runtime = "torch"
+            self.runtime = self.encoder_runtime = "torch"
             return None, None
 
     def geometry(self, volume_shape: tuple[int, ...]) -> SliceGeometry:
@@ -178,7 +196,7 @@ class SamEngine:
         """
         n_slices = volume01.shape[2]
         units = list(dict.fromkeys(self.stack(n_slices, k) for k in ks))  # slices encoded in one call
-        keys = embedding_keys(volume01, units, self.encoder_version, self.runtime, condition)
+        keys = embedding_keys(volume01, units, self.encoder_version, self.encoder_runtime, condition)
         found = {key: self.embeddings.get(key) for key in keys.values()}
         todo = [unit for unit in units if any(found[keys[k]] is None for k in unit)]
         while todo:
@@ -257,6 +275,7 @@ class SamEngine:
         return {
             "version": self.version,
             "runtime": self.runtime,
+            "encoder_runtime": self.encoder_runtime,
             "device": str(self.device),
             "encoder_runs": self.encoder_runs,
             "refused_adapters": dict(self.refused),

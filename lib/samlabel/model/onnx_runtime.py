@@ -13,11 +13,14 @@ from __future__ import annotations
 import io
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
+
+from samlabel.atomic_write import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +110,25 @@ def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str]
 
 
 class OnnxEncoder:
-    """The image encoder as an ONNX Runtime session (batch 1: TinyViT's reshapes fix the batch size)."""
+    """The image encoder as an ONNX Runtime session (batch 1: TinyViT's reshapes fix the batch size).
 
-    def __init__(self, model: Sam, img_size: int):
+    With ``graph_file`` the graph is read from it when it exists (exported by another process for the same
+    encoder), else exported and written there atomically."""
+
+    def __init__(self, model: Sam, img_size: int, graph_file: Path | None = None):
         began = time.perf_counter()
-        example = torch.zeros(1, 3, img_size, img_size)
-        with torch.no_grad():
-            graph = _export(model.image_encoder.cpu(), (example,), ["image"], ["embedding"], {})
+        self.exported = graph_file is None or not graph_file.is_file()
+        if self.exported:
+            example = torch.zeros(1, 3, img_size, img_size)
+            with torch.no_grad():
+                graph = _export(model.image_encoder.cpu(), (example,), ["image"], ["embedding"], {})
+            if graph_file is not None:
+                atomic_write(graph_file, lambda tmp: tmp.write_bytes(graph))
+        else:
+            graph = graph_file.read_bytes()
         self.session = _session(graph, memory_arena=False)
-        logger.info("image encoder exported to ONNX in %.1f s", time.perf_counter() - began)
+        how = "exported to" if self.exported else f"read from {graph_file}:"
+        logger.info("image encoder %s ONNX in %.1f s", how, time.perf_counter() - began)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` Bx3xSxS -> embeddings Bx256xhxw, one ONNX call per image."""

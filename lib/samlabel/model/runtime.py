@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from samlabel.config import ConfigError
-from samlabel.model.onnx_runtime import OnnxDecoder, OnnxEncoder, onnxruntime_available
+from samlabel.model.onnx_runtime import OnnxEncoder, onnxruntime_available
 
 
 def pick_device(name: str) -> torch.device:
@@ -24,19 +27,17 @@ def pick_runtime(name: str, device: torch.device, precision: str) -> str:
     return name
 
 
-def onnx_sessions(
+def encoder_session(
     model: torch.nn.Module,
     img_size: int,
     encoder_version: str,
-    stateful_encoder: bool,
     previous: tuple[str, OnnxEncoder] | None,
-) -> tuple[tuple[str, OnnxEncoder] | None, OnnxDecoder]:
-    """ONNX Runtime sessions for a served model: ``(encoder_version, encoder)`` and the decoder. The
-    ``previous`` encoder is kept while the encoder does not change; SD-Trans and HyP-Adpt encoders
-    (``stateful_encoder``) stay on PyTorch, since their stack depth and prompt are set per call."""
-    encoder = previous
-    if stateful_encoder:
-        encoder = None
-    elif encoder is None or encoder[0] != encoder_version:
-        encoder = (encoder_version, OnnxEncoder(model, img_size))
-    return encoder, OnnxDecoder(model)
+    graphs: Path | None,
+) -> tuple[str, OnnxEncoder]:
+    """``(encoder_version, ONNX Runtime encoder)`` for a served model: the ``previous`` one while the encoder
+    does not change, else the graph exported for this version in ``graphs`` (by the server, so a trainer
+    subprocess exports nothing), else a new export, saved there for the others."""
+    if previous is not None and previous[0] == encoder_version:
+        return previous
+    graph = graphs / f"{hashlib.sha1(encoder_version.encode()).hexdigest()}.onnx" if graphs else None
+    return encoder_version, OnnxEncoder(model, img_size, graph)

@@ -53,7 +53,7 @@ class SamAdapterTrain(BasicTrainTask):
     """Fine-tune the served SAM's decoder side (and optionally encoder adapters) on the datastore's labels."""
 
     def __init__(
-        self, model_dir: str, cfg: AppConfig, versions: AdapterVersions, make_engine: Callable[[str], SamEngine]
+        self, model_dir: str, cfg: AppConfig, versions: AdapterVersions, make_engine: Callable[[str, bool], SamEngine]
     ):
         super().__init__(
             model_dir,
@@ -63,7 +63,7 @@ class SamAdapterTrain(BasicTrainTask):
         )
         self.cfg = cfg
         self.versions = versions
-        self.make_engine = make_engine  # adapter choice -> engine
+        self.make_engine = make_engine  # (adapter choice, trains the encoder) -> engine
 
     # BasicTrainTask's hooks, used by train() below
     def network(self, context: Context):
@@ -97,7 +97,7 @@ class SamAdapterTrain(BasicTrainTask):
         logger.info("run from %s on %d labels, %d new: %s", served.version, len(labels), len(new_labels), new_labels)
 
         context.settings = TrainSettings.from_request(request)
-        context.engine = self.make_engine(served.adapter)
+        context.engine = self.make_engine(served.adapter, "adapters" in context.settings.parts)
         prepare_model(context.engine, context.settings)
         context.network = self.network(context)
         train_volumes = [load_pair(item, self.cfg) for item in train_list]

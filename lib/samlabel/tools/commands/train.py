@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int | None:
     cfg = load_app_config(dict(args.conf))
     model_cfg = load_model_config(cfg.model)
     versions = AdapterVersions(args.out_dir, start_record(cfg.adapter, model_cfg.adapter))
-    training_engine = lambda adapter: SamEngine(model_cfg, cfg, adapter, "torch")  # noqa: E731 (autograd)
+    training_engine = lambda adapter, _trains_encoder: SamEngine(model_cfg, cfg, adapter, "torch")  # noqa: E731 (autograd)
     task = SamAdapterTrain(str(args.out_dir), cfg, versions, training_engine)
     request = {
         "name": args.name,

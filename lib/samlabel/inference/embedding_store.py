@@ -1,0 +1,72 @@
+"""Embeddings on disk, shared by the server and the trainer subprocess.
+
+The server writes each embedding it computes; a fine-tuning run that trains no encoder adapters reads its
+slices' embeddings from here instead of encoding them again. Keys are the serving cache's
+(:func:`samlabel.inference.embeddings.embedding_keys`), so a hit is the very embedding the server used.
+Each file is written atomically and holds its key; the folder is bounded in bytes (least recently used
+out first), and an unreadable file is deleted and counts as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from samlabel.atomic_write import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingStore:
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self._path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["key"]) != key:
+                    return None
+                embedding = torch.from_numpy(np.array(data["embedding"]))
+            os.utime(path)  # recently used: evicted last
+            return embedding
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file is a miss, never an error
+            logger.warning("embedding store: ignoring unreadable %s (%s)", path.name, e)
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, embedding: torch.Tensor) -> None:
+        if self.max_bytes <= 0:
+            return
+        array = embedding.detach().float().cpu().numpy()
+        atomic_write(self._path(key), lambda tmp: np.savez(tmp, key=np.array(key), embedding=array))
+        self._evict()
+
+    def _evict(self) -> None:
+        with self._lock:
+            files = []
+            for path in self.folder.glob("*.npz"):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # another process evicted it
+                    continue
+                files.append((stat.st_mtime, stat.st_size, path))
+            total = sum(size for _, size, _ in files)
+            for _, size, path in sorted(files):
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size

@@ -141,7 +141,7 @@ def test_simulate_rounds_two_short_rounds_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "samlabel.tools.commands.simulate_rounds", "--data", str(pool)]
     cmd += ["--holdout", str(holdout)]
     cmd += ["--rounds", "2", "--per-round", "1", "--strategy", "sam_uncertainty", "--out", str(out)]
-    cmd += ["--server-conf", "train.max_steps", "4", "train.val_every", "2"]
+    cmd += ["--server-conf", "train.max_steps", "4", "train.val_every", "4", "train.anchor_slices", "1"]
     subprocess.run(cmd, check=True, timeout=1200)
 
     report = json.loads((out / "rounds.json").read_text())

@@ -169,14 +169,19 @@ def fine_tuning_round(client: MONAILabelClient, truths: dict[str, Path], timeout
     published or rolled back."""
     server = Server(client)
     runs_before = server.runs_started()
-    saved_at = None
+    saved_at, saved_epoch = None, None
     for image_id, truth in truths.items():
         client.save_label(image_id, str(truth), tag="final")
-        saved_at = time.monotonic()
+        saved_at, saved_epoch = time.monotonic(), time.time()
     server.wait_for_run(runs_before, timeout)
     seconds = time.monotonic() - saved_at
     stats = server.train_stats()
-    return {"labels": len(truths), "seconds": round(seconds, 1), "train_stats": stats}
+    timing = dict(stats.get("timing", {}))
+    breakdown = {"start_up_seconds": round(timing.pop("started_at", saved_epoch) - saved_epoch, 1), **timing}
+    breakdown["served_after_publish_seconds"] = round(
+        seconds - breakdown["start_up_seconds"] - sum(v for k, v in timing.items() if k.endswith("_seconds")), 1
+    )
+    return {"labels": len(truths), "seconds": round(seconds, 1), "breakdown": breakdown, "train_stats": stats}
 
 
 def memory_over_clicks(timer: Timer, pid: int, labels: dict[str, np.ndarray], clicks: int) -> dict[str, Any]:

@@ -183,8 +183,10 @@ def train_adapter(
     ProgressBar(persist=True).attach(trainer, output_transform=lambda out: out)
     history: list[dict] = []
     best: dict = {"score": -1.0}
+    validation_seconds = [0.0]
 
     def run_validation(current: Engine) -> None:
+        began_validation = time.time()
         model.eval()
         if "adapters" in settings.parts:
             engine.embeddings.clear()  # the encoder's adapters changed under the same version
@@ -194,17 +196,21 @@ def train_adapter(
         logger.info("validation at step %d: %s", current.state.iteration, metrics)
         if current.state.iteration > 0 and score(metrics) > best["score"]:
             best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
+        validation_seconds[0] += time.time() - began_validation
 
     def validate_anchor() -> dict[str, float]:
+        began_validation = time.time()
         model.eval()
         if "adapters" in settings.parts:
             engine.embeddings.clear()
-        return validate(engine, anchor_targets) if anchor_targets else {}
+        metrics = validate(engine, anchor_targets) if anchor_targets else {}
+        validation_seconds[0] += time.time() - began_validation
+        return metrics
 
+    began = time.time()
     anchor_before = validate_anchor()
     trainer.add_event_handler(Events.STARTED, run_validation)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=settings.val_every), run_validation)
-    began = time.time()
     trainer.run(batches(), epoch_length=settings.steps, max_epochs=1)
     if trainer.state.iteration % settings.val_every:
         run_validation(trainer)
@@ -234,7 +240,8 @@ def train_adapter(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_share": trainable / total,
-        "seconds": round(time.time() - began, 1),
+        "seconds": round(time.time() - began, 1),  # steps and validation
+        "validation_seconds": round(validation_seconds[0], 1),
         "before": history[0],
         "best": best["metrics"],
         "anchor": {"before": anchor_before, "best": anchor_best, "targets": len(anchor_targets or [])},

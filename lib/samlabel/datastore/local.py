@@ -55,7 +55,7 @@ def check_name(value: str, what: str) -> str:
 def image_id(path: str | Path) -> str:
     """The datastore id of an image or label file: its name without the image suffix."""
     name = Path(path).name
-    suffix = next((s for s in (*NIFTI_SUFFIXES, *OTHER_IMAGE_SUFFIXES) if name.lower().endswith(s)), "")
+    suffix = next((s for s in (*NIFTI_SUFFIXES, *OTHER_IMAGE_SUFFIXES) if name.endswith(s)), "")
     return name[: len(name) - len(suffix)]
 
 

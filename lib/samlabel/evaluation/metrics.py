@@ -29,11 +29,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * (a & b).sum() / total)
 
 
-def targets(label: np.ndarray, names: dict[str, int]) -> dict[str, np.ndarray]:
+def targets(label: np.ndarray, names: dict[str, int], min_size: int | None = None) -> dict[str, np.ndarray]:
     """One boolean mask per connected object of each label: a box prompt frames one object (one kidney)."""
     found = {}
     for name, value in names.items():
-        parts = [mask for _, mask in label_objects(label, [value])]
+        parts = [mask for _, mask in label_objects(label, [value], min_size)]
         for n, part in enumerate(parts):
             found[name if len(parts) == 1 else f"{name}_{n + 1}"] = part
     return found

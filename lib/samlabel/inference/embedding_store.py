@@ -3,8 +3,9 @@
 The server writes each embedding it computes; a fine-tuning run that trains no encoder adapters reads its
 slices' embeddings from here instead of encoding them again. Keys are the serving cache's
 (:func:`samlabel.inference.embeddings.embedding_keys`), so a hit is the very embedding the server used.
-Each file is written atomically and holds its key; the folder is bounded in bytes (least recently used
-out first), and an unreadable file is deleted and counts as a miss.
+Each file is renamed into place whole (not fsynced: a file lost in a crash is only a miss) and holds its
+key; the folder is bounded in bytes (least recently used out first, checked every few MB written); an
+unreadable file is deleted and counts as a miss, and a failed write (a full disk) only logs.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from samlabel.atomic_write import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,12 @@ class EmbeddingStore:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._written = 0  # bytes written since the folder was last checked against max_bytes
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
         path = self._path(key)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -40,7 +41,7 @@ class EmbeddingStore:
                     return None
                 embedding = torch.from_numpy(np.array(data["embedding"]))
             os.utime(path)  # recently used: evicted last
-            return embedding
+            return embedding.to(device)
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - a torn or foreign file is a miss, never an error
@@ -52,8 +53,25 @@ class EmbeddingStore:
         if self.max_bytes <= 0:
             return
         array = embedding.detach().float().cpu().numpy()
-        atomic_write(self._path(key), lambda tmp: np.savez(tmp, key=np.array(key), embedding=array))
-        self._evict()
+        tmp = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.folder)  # never matched by *.npz
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, key=np.array(key), embedding=array)
+            os.replace(tmp, self._path(key))
+        except OSError as e:
+            logger.warning("embedding store: not kept (%s)", e)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            return
+        with self._lock:
+            self._written += array.nbytes
+            due = self._written >= self.max_bytes // 20
+            if due:
+                self._written = 0
+        if due:
+            self._evict()
 
     def _evict(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ prefetcher) encode it once: the first claims it, the other waits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 
@@ -43,9 +44,11 @@ class EmbeddingCache:
     """A byte-bounded LRU of embeddings in memory, over an optional :class:`EmbeddingStore` on disk, with the
     keys some thread is encoding right now."""
 
-    def __init__(self, max_bytes: int, disk: EmbeddingStore | None = None):
+    def __init__(self, max_bytes: int, disk: EmbeddingStore | None = None, device: torch.device | str = "cpu"):
         self.store = TensorCache(max_bytes)
         self.disk = disk
+        self.device = device  # where embeddings read back from disk go
+        self.disk_writes = True
         self._inflight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -55,15 +58,26 @@ class EmbeddingCache:
     def get(self, key: str) -> torch.Tensor | None:
         found = self.store.get(key)
         if found is None and self.disk is not None:
-            found = self.disk.get(key)
+            found = self.disk.get(key, self.device)
             if found is not None:
                 self.store.put(key, found)
         return found
 
-    def put(self, key: str, embedding: torch.Tensor) -> None:
+    def put(self, key: str, embedding: torch.Tensor, keep_on_disk: bool = True) -> None:
+        """``keep_on_disk``: worth finding again in another process (not a prompt-conditioned embedding, not
+        one of an augmented training volume, which no other run will see)."""
         self.store.put(key, embedding)
-        if self.disk is not None:
+        if self.disk is not None and keep_on_disk and self.disk_writes:
             self.disk.put(key, embedding)
+
+    @contextlib.contextmanager
+    def memory_only(self):
+        """Keep what is encoded meanwhile off the disk (one thread's work, e.g. a trainer's augmented volumes)."""
+        self.disk_writes = False
+        try:
+            yield
+        finally:
+            self.disk_writes = True
 
     def clear(self) -> None:
         """Forget every embedding and stop using the disk: the encoder changes under the same version

@@ -29,7 +29,7 @@ from samlabel.inference.preprocess import slice_to_model_input
 from samlabel.model.forward import predict_masks
 from samlabel.model.onnx_runtime import OnnxDecoder, OnnxEncoder
 from samlabel.model.registry import build_model, load_checkpoint
-from samlabel.model.runtime import encoder_session, pick_device, pick_runtime
+from samlabel.model.runtime import encoder_session, pick_device, pick_runtime, runtime_label
 from samlabel.model.weights import resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class SamEngine:
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.base_sha256 = sha256_file(self.weights_path)
         disk = EmbeddingStore(encoder_dir / "embeddings", app_cfg.embedding_store_mb * 2**20) if encoder_dir else None
-        self.embeddings = EmbeddingCache(app_cfg.cache_mb * 2**20, disk)
+        self.embeddings = EmbeddingCache(app_cfg.cache_mb * 2**20, disk, self.device)
         self.prefetcher = Prefetcher(self, app_cfg.prefetch_slices)
         self.encoder_runs = 0
         self._lock = threading.Lock()  # one foreground encoder or decoder call at a time
@@ -196,7 +196,7 @@ class SamEngine:
         """
         n_slices = volume01.shape[2]
         units = list(dict.fromkeys(self.stack(n_slices, k) for k in ks))  # slices encoded in one call
-        keys = embedding_keys(volume01, units, self.encoder_version, self.encoder_runtime, condition)
+        keys = embedding_keys(volume01, units, self.encoder_version, runtime_label(self.encoder_runtime), condition)
         found = {key: self.embeddings.get(key) for key in keys.values()}
         todo = [unit for unit in units if any(found[keys[k]] is None for k in unit)]
         while todo:
@@ -211,7 +211,7 @@ class SamEngine:
                     embeddings = self._encode(images, background, len(batch[0]), condition)
                     for k, embedding in zip(slices, embeddings, strict=True):
                         found[keys[k]] = embedding[None].clone() if len(slices) > 1 else embedding[None]
-                        self.embeddings.put(keys[k], found[keys[k]])
+                        self.embeddings.put(keys[k], found[keys[k]], keep_on_disk=condition is None)
                 finally:
                     self.embeddings.release([keys[unit[0]] for unit in batch])
             for unit_key, event in theirs.items():

@@ -59,13 +59,13 @@ def extent_mm(shape, zooms) -> tuple[float, float, float]:
     return tuple(float(n * z) for n, z in zip(shape[:3], zooms[:3], strict=True))
 
 
-def describe_label(path: str | Path) -> LabelledImage:
+def describe_label(path: str | Path, min_size: int | None = None) -> LabelledImage:
     """The object boxes of one saved label file."""
     image = nib.load(str(path))
     label = np.asarray(image.dataobj)
     shape = tuple(int(n) for n in label.shape[:3])
     objects = []
-    for value, mask in label_objects(label):
+    for value, mask in label_objects(label, min_size=min_size):
         (where,) = ndimage.find_objects(mask.astype(np.uint8))
         box = tuple(float(x) for s, size in zip(where, shape, strict=True) for x in (s.start / size, s.stop / size))
         objects.append((value, box))
@@ -75,8 +75,8 @@ def describe_label(path: str | Path) -> LabelledImage:
 class LocationPrior:
     """Label files -> proposals for an image; each file is read once per modification time."""
 
-    def __init__(self, min_support: float, tolerance: float = 0.2):
-        self.min_support, self.tolerance = min_support, tolerance
+    def __init__(self, min_support: float, tolerance: float = 0.2, min_size: int | None = None):
+        self.min_support, self.tolerance, self.min_size = min_support, tolerance, min_size
         self._described: dict[tuple[str, float], LabelledImage] = {}
         self._lock = threading.Lock()
 
@@ -86,7 +86,7 @@ class LocationPrior:
             key = (str(path), Path(path).stat().st_mtime)
             with self._lock:
                 if key not in self._described:
-                    self._described[key] = describe_label(path)
+                    self._described[key] = describe_label(path, self.min_size)
                 found.append(self._described[key])
         return found
 

@@ -15,12 +15,16 @@ from scipy import ndimage
 from samlabel.config import app_defaults
 
 
-def label_objects(label: np.ndarray, values: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def label_objects(
+    label: np.ndarray, values: Iterable[int] | None = None, min_size: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(label value, boolean mask)`` per connected object of each of ``values`` (default: every non-zero
-    value), in order of value and then of position; 2-D slices and 3-D volumes alike."""
+    value) with at least ``min_size`` voxels (default: ``configs/app.yaml``'s; a server passes its own
+    ``--conf min_object_voxels``), in order of value and then of position; 2-D slices and 3-D volumes alike."""
+    min_size = app_defaults().min_object_voxels if min_size is None else min_size
     for value in values if values is not None else (int(v) for v in np.unique(label) if v > 0):
         components, count = ndimage.label(label == value)
         sizes = np.bincount(components.ravel(), minlength=count + 1)
         for n in range(1, count + 1):
-            if sizes[n] >= app_defaults().min_object_voxels:
+            if sizes[n] >= min_size:
                 yield value, components == n

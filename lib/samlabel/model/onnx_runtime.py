@@ -117,16 +117,20 @@ class OnnxEncoder:
 
     def __init__(self, model: Sam, img_size: int, graph_file: Path | None = None):
         began = time.perf_counter()
-        self.exported = graph_file is None or not graph_file.is_file()
-        if self.exported:
+        self.session, self.exported = None, False
+        if graph_file is not None and graph_file.is_file():
+            try:
+                self.session = _session(graph_file.read_bytes(), memory_arena=False)
+            except Exception as e:  # noqa: BLE001 - a torn or foreign graph file: export again
+                logger.warning("ignoring unreadable encoder graph %s: %s", graph_file, e)
+                graph_file.unlink(missing_ok=True)
+        if self.session is None:
             example = torch.zeros(1, 3, img_size, img_size)
             with torch.no_grad():
                 graph = _export(model.image_encoder.cpu(), (example,), ["image"], ["embedding"], {})
             if graph_file is not None:
                 atomic_write(graph_file, lambda tmp: tmp.write_bytes(graph))
-        else:
-            graph = graph_file.read_bytes()
-        self.session = _session(graph, memory_arena=False)
+            self.session, self.exported = _session(graph, memory_arena=False), True
         how = "exported to" if self.exported else f"read from {graph_file}:"
         logger.info("image encoder %s ONNX in %.1f s", how, time.perf_counter() - began)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from samlabel.config import ConfigError
-from samlabel.model.onnx_runtime import OnnxEncoder, onnxruntime_available
+from samlabel.model.onnx_runtime import OPSET, OnnxEncoder, onnxruntime_available
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,5 +39,16 @@ def encoder_session(
     subprocess exports nothing), else a new export, saved there for the others."""
     if previous is not None and previous[0] == encoder_version:
         return previous
-    graph = graphs / f"{hashlib.sha1(encoder_version.encode()).hexdigest()}.onnx" if graphs else None
+    name = f"{encoder_version}:{runtime_label('onnxruntime')}:torch-{torch.__version__}:opset{OPSET}"
+    graph = graphs / f"{hashlib.sha1(name.encode()).hexdigest()}.onnx" if graphs else None
     return encoder_version, OnnxEncoder(model, img_size, graph)
+
+
+def runtime_label(runtime: str) -> str:
+    """The runtime with its version, as embedding keys and graph files name it: another version of the
+    runtime may compute other numbers, so it never reuses what this one stored."""
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return f"onnxruntime-{onnxruntime.__version__}"
+    return f"torch-{torch.__version__}"

@@ -159,7 +159,7 @@ class SamAutoInfer(SamInferTask):
     def __init__(self, *args, label_files: Callable[[], list[str]], **kwargs):
         super().__init__(*args, **kwargs)
         self.label_files = label_files  # the datastore's saved final labels
-        self.prior = LocationPrior(self.cfg.auto_min_support)
+        self.prior = LocationPrior(self.cfg.auto_min_support, min_size=self.cfg.min_object_voxels)
 
     def label_volume(self, data: dict[str, Any], image: Any, volume: np.ndarray) -> tuple[np.ndarray, dict]:
         given = [key for key in self.PROMPT_KEYS if data.get(key)]

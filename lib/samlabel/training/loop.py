@@ -1,9 +1,9 @@
 """The ``sam_adapter`` training loop: pytorch-ignite engines over click-simulation steps.
 
 Validation runs the serving code path (simulated user -> viewer-shaped prompt -> engine with
-refinement) on held-out volumes: Dice after 1, 3 and 5 clicks and with a box. Step 0 measures the
-starting model; of the trained states, the best by the mean of those four is written as an adapter
-file with its metrics, beside a metrics JSON.
+refinement) on held-out volumes: Dice after 1..10 clicks and with a box. Step 0 measures the starting
+model; of the trained states, the best by :func:`score` (the whole Dice-vs-clicks curve and the box) is
+written as an adapter file with its metrics, beside a metrics JSON.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ augmentation first.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,27 +56,33 @@ def slice_samples(
     volumes: list[tuple[str, np.ndarray, np.ndarray]],
     slice_step: int,
     augment: Callable[[dict], dict] | None = None,
+    min_size: int | None = None,
 ) -> list[SliceSample]:
     """Samples from ``(name, volume01, label)`` triples, every ``slice_step``-th slice that holds a label;
-    ``augment`` (e.g. :func:`augmentation`) transforms each ``{"image", "label"}`` volume pair first."""
+    ``augment`` (e.g. :func:`augmentation`) transforms each ``{"image", "label"}`` volume pair first;
+    ``min_size``: the smallest object, in pixels (see :func:`~samlabel.inference.objects.label_objects`)."""
     samples = []
-    for name, volume01, label in tqdm(volumes, desc="embedding slices", unit="volume"):
-        if augment is not None:
-            data = augment({"image": volume01[None], "label": label[None]})
-            volume01 = np.clip(np.asarray(data["image"][0], dtype=np.float32), 0, 1)
-            label = np.asarray(data["label"][0]).astype(label.dtype)
-        ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]
-        stacks: dict[tuple[int, ...], torch.Tensor] = {}  # shared by the samples of one stack
-        for k in ks:
-            objects = [mask for _, mask in label_objects(volume_slice(label, int(k)))]  # what one prompt segments
-            if objects:
-                image = engine.model_input(volume01, int(k))
-                embedding = engine.embed(volume01, int(k)).cpu().clone()  # a normal tensor, usable in autograd
-                stack, index = None, 0
-                if engine.stack_depth > 1:
-                    unit = engine.stack(volume01.shape[2], int(k))
-                    if unit not in stacks:
-                        stacks[unit] = torch.stack([engine.model_input(volume01, j) for j in unit])
-                    stack, index = stacks[unit], unit.index(int(k))
-                samples += [SliceSample(name, int(k), mask, image, embedding, stack, index) for mask in objects]
+    # an augmented volume is seen by this run only: its embeddings stay off the shared store
+    with engine.embeddings.memory_only() if augment is not None else contextlib.nullcontext():
+        for name, volume01, label in tqdm(volumes, desc="embedding slices", unit="volume"):
+            if augment is not None:
+                data = augment({"image": volume01[None], "label": label[None]})
+                volume01 = np.clip(np.asarray(data["image"][0], dtype=np.float32), 0, 1)
+                label = np.asarray(data["label"][0]).astype(label.dtype)
+            ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]
+            stacks: dict[tuple[int, ...], torch.Tensor] = {}  # shared by the samples of one stack
+            for k in ks:
+                objects = [
+                    m for _, m in label_objects(volume_slice(label, int(k)), min_size=min_size)
+                ]  # one prompt each
+                if objects:
+                    image = engine.model_input(volume01, int(k))
+                    embedding = engine.embed(volume01, int(k)).cpu().clone()  # a normal tensor, usable in autograd
+                    stack, index = None, 0
+                    if engine.stack_depth > 1:
+                        unit = engine.stack(volume01.shape[2], int(k))
+                        if unit not in stacks:
+                            stacks[unit] = torch.stack([engine.model_input(volume01, j) for j in unit])
+                        stack, index = stacks[unit], unit.index(int(k))
+                    samples += [SliceSample(name, int(k), mask, image, embedding, stack, index) for mask in objects]
     return samples

@@ -27,7 +27,7 @@ from samlabel.training.samples import SliceSample
 @dataclass(frozen=True)
 class StepSettings:
     box_share: float = 0.25  # share of samples prompted with a box
-    max_prior_clicks: int = 4  # clicks simulated (without gradients) before the trained one
+    max_prior_clicks: int = 4  # up to this many clicks simulated (without gradients) before the trained one
     box_jitter: int = 4  # pixels of random box enlargement, as MedSAM trained
     iou_weight: float = 1.0
 
@@ -76,6 +76,33 @@ def encode_sample(model: Sam, sample: SliceSample, points=None, boxes=None) -> t
     return model.image_encoder(sample.image[None])
 
 
+@torch.no_grad()
+def click_history(
+    model: Sam,
+    embedding: torch.Tensor,
+    mask: np.ndarray,
+    geometry: SliceGeometry,
+    n_clicks: int,
+    rng: np.random.Generator,
+) -> tuple[list[tuple[int, int, int]], torch.Tensor | None, np.ndarray | None]:
+    """Up to ``n_clicks`` earlier clicks as the simulated user places them (each in the largest error of the
+    prediction so far, which refines the previous one as served), without gradients. Returns the clicks
+    ``(row, col, label)``, the last prediction's logits (the next ``mask_input``) and its mask."""
+    clicks: list[tuple[int, int, int]] = []
+    previous, prediction = None, None
+    for _ in range(n_clicks):
+        click = next_click(mask, prediction, rng)
+        if click is None:
+            break
+        clicks.append(click)
+        multimask = previous is None and len(clicks) == 1
+        logits, iou = predict_masks(model, embedding, _points(clicks, geometry), None, previous, multimask=multimask)
+        best = int(torch.argmax(iou[0]))
+        previous = logits[:, best : best + 1]
+        prediction = (geometry.logits_to_slice(previous)[0, 0] > 0).numpy()
+    return clicks, previous, prediction
+
+
 def sample_loss(
     model: Sam,
     sample: SliceSample,
@@ -107,25 +134,8 @@ def sample_loss(
         logits, iou = predict_masks(model, embedding, None, boxes, None, multimask=False)
         return loss(logits, iou, target)
 
-    clicks: list[tuple[int, int, int]] = []
-    previous, prediction = None, None
-    with torch.no_grad():
-        for _ in range(int(rng.integers(0, settings.max_prior_clicks + 1))):
-            click = next_click(sample.mask, prediction, rng)
-            if click is None:
-                break
-            clicks.append(click)
-            logits, iou = predict_masks(
-                model,
-                embedding,
-                _points(clicks, geometry),
-                None,
-                previous,
-                multimask=previous is None and len(clicks) == 1,
-            )
-            best = int(torch.argmax(iou[0]))
-            previous = logits[:, best : best + 1]
-            prediction = (geometry.logits_to_slice(previous)[0, 0] > 0).numpy()
+    n_prior = int(rng.integers(0, settings.max_prior_clicks + 1))
+    clicks, previous, prediction = click_history(model, embedding, sample.mask, geometry, n_prior, rng)
     click = next_click(sample.mask, prediction, rng) or clicks[-1]
     clicks.append(click)
     multimask = previous is None and len(clicks) == 1

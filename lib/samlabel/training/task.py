@@ -104,17 +104,23 @@ class SamAdapterTrain(BasicTrainTask):
         context.network = self.network(context)
         train_volumes = [load_pair(item, self.cfg) for item in train_list]
         samples = slice_samples(
-            context.engine, train_volumes, int(request["slice_step"]), augment=self.train_pre_transforms(context)
+            context.engine,
+            train_volumes,
+            int(request["slice_step"]),
+            augment=self.train_pre_transforms(context),
+            min_size=self.cfg.min_object_voxels,
         )
         anchor = load_anchor_set(int(request["anchor_slices"]))
-        samples += slice_samples(context.engine, anchor.replay, 1)  # the served domains, replayed
+        samples += slice_samples(context.engine, anchor.replay, 1, min_size=self.cfg.min_object_voxels)  # replayed
         new_weight = float(request["new_label_weight"])
         weights = np.array([new_weight if s.volume in new_labels else 1.0 for s in samples])
         val_volumes = [load_pair(item, self.cfg) for item in val_list] or train_volumes
         val_targets = [
             ValTarget(f"{name}/{t}", volume01, mask)
             for name, volume01, label in val_volumes
-            for t, mask in targets(label, {str(v): int(v) for v in np.unique(label) if v > 0}).items()
+            for t, mask in targets(
+                label, {str(v): int(v) for v in np.unique(label) if v > 0}, self.cfg.min_object_voxels
+            ).items()
         ]
         version = self.versions.next_version()
         clock["embeddings"] = time.time()

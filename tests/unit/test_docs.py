@@ -10,13 +10,16 @@ CI run those), answer ``--help`` with exit 0 and list every option the docs give
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -170,36 +173,45 @@ def test_no_doc_runs_a_script_through_python():
     assert not stale, stale
 
 
-def run_help(program: str) -> subprocess.CompletedProcess | str:
-    """``program --help`` with the venv first on PATH; a string says why it could not start."""
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def run_help(program: str) -> str:
+    """``program --help``, in this process: the wrapper ``scripts/<name>`` must exec the entry point
+    ``samlabel-<name>``, which must be on the venv's PATH and name ``samlabel.tools.commands.<name>:main``;
+    that ``main`` then runs with ``--help``. (One wrapper is run for real by
+    :func:`test_a_wrapper_runs_its_command_from_the_callers_directory`.) Returns the help text."""
+    name = script_of(program).name
+    entry_point = "samlabel-" + name.replace("_", "-")
+    wrapper = ROOT / "scripts" / name
+    assert os.access(wrapper, os.X_OK) and f"exec {entry_point} " in wrapper.read_text(), f"{wrapper} is not a wrapper"
+    target = PYPROJECT["project"]["scripts"].get(entry_point)
+    assert target == f"samlabel.tools.commands.{name}:main", f"pyproject.toml: {entry_point} = {target}"
+    assert shutil.which(entry_point, path=str(Path(sys.executable).parent)), f"{entry_point} is not installed"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as done:
+        importlib.import_module(f"samlabel.tools.commands.{name}").main(["--help"])
+    assert done.value.code in (0, None), f"{program} --help exited {done.value.code}:\n{out.getvalue()}"
+    return out.getvalue()
+
+
+def test_a_wrapper_runs_its_command_from_the_callers_directory(tmp_path):
+    """A wrapper for real, run from outside the repository: it prepares the venv and runs its entry point."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    executable = shutil.which(program, path=env["PATH"]) if program.startswith("samlabel-") else str(ROOT / program)
-    if not executable:
-        return f"{program} is not on the venv's PATH: reinstall the package (source scripts/_env.sh)"
-    try:
-        return subprocess.run(
-            [executable, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return f"{program} --help took over 60 s"
-
-
-@cache
-def help_runs() -> dict[str, subprocess.CompletedProcess | str]:
-    """Every program's ``--help``, each run once: the first alone (a wrapper may refresh the venv), the rest
-    side by side (each mostly waits on imports)."""
-    first, *rest = programs()
-    runs = {first: run_help(first)}
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        runs.update(zip(rest, pool.map(run_help, rest), strict=True))
-    return runs
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "evaluate"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and "--server" in done.stdout, done.stderr
 
 
 def help_text(program: str) -> str:
-    done = help_runs()[program]
-    assert not isinstance(done, str), done
-    assert done.returncode == 0, f"{program} --help exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+    return run_help(program)
 
 
 @pytest.mark.parametrize("program", programs())

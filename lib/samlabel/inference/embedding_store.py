@@ -10,6 +10,7 @@ unreadable file is deleted and counts as a miss, and a failed write (a full disk
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,14 +41,15 @@ class EmbeddingStore:
                 if str(data["key"]) != key:
                     return None
                 embedding = torch.from_numpy(np.array(data["embedding"]))
-            os.utime(path)  # recently used: evicted last
-            return embedding.to(device)
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - a torn or foreign file is a miss, never an error
             logger.warning("embedding store: ignoring unreadable %s (%s)", path.name, e)
             path.unlink(missing_ok=True)
             return None
+        with contextlib.suppress(OSError):  # evicted meanwhile by another process: the read stands
+            os.utime(path)  # recently used: evicted last
+        return embedding.to(device)
 
     def put(self, key: str, embedding: torch.Tensor) -> None:
         if self.max_bytes <= 0:

@@ -74,14 +74,15 @@ def start_record(choice: str, default_adapter: Path | None) -> VersionRecord:
 
 
 def load_adapter(
-    model: Sam, choice: str, model_cfg: ModelConfig, app_cfg: AppConfig, base_sha256: str
+    model: Sam, choice: str, model_cfg: ModelConfig, app_cfg: AppConfig, base_sha256: str, kind: str
 ) -> AdapterInfo | None:
     """Apply what ``choice`` names to ``model`` (its base weights, sha256 ``base_sha256``, loaded); None for no
-    adapter. A file of another encoder-adapter kind than the server's start (``app_cfg.adapter``) is refused."""
+    adapter. A file of another encoder-adapter kind than ``kind`` (the server's, :func:`configured_kind`) is
+    refused."""
     if choice == "none":
         return None
     if choice in STATEFUL_KINDS:  # the default adapter plus new encoder adapters, trained by the sam_adapter trainer
-        start = load_adapter(model, "default", model_cfg, app_cfg, base_sha256)
+        start = load_adapter(model, "default", model_cfg, app_cfg, base_sha256, kind)
         add_adapters(model, adapter_factory(choice, ADAPTER_RATIO, app_cfg.hyp_rank))
         return new_kind_info(choice, start, model_cfg.name, base_sha256, app_cfg.sd_trans_depth, app_cfg.hyp_rank)
     if choice == "default":
@@ -92,5 +93,4 @@ def load_adapter(
         except AdapterError as e:
             logger.warning("not using the default adapter: %s", e)
             return None
-    kind = configured_kind(app_cfg.adapter, model_cfg.adapter)
     return apply_adapter(model, Path(choice), model_cfg.name, base_sha256, kind)

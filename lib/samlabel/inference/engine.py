@@ -120,7 +120,7 @@ class SamEngine:
         new one is ready."""
         model = build_model(self.model_cfg.architecture, self.model_cfg.img_size)
         load_checkpoint(model, self.weights_path, self.model_cfg.weights.allow_pickle)
-        adapter = load_adapter(model, choice, self.model_cfg, self.app_cfg, self.base_sha256)
+        adapter = load_adapter(model, choice, self.model_cfg, self.app_cfg, self.base_sha256, self.kind)
         model.to(self.device).eval()
         base = f"{self.model_cfg.name}@{self.base_sha256[:12]}"
         version = base + (f"+{adapter.version}" if adapter else "")

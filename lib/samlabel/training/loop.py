@@ -183,32 +183,29 @@ def train_adapter(
     ProgressBar(persist=True).attach(trainer, output_transform=lambda out: out)
     history: list[dict] = []
     best: dict = {"score": -1.0}
-    validation_seconds = [0.0]
+    validation_seconds = 0.0
 
-    def run_validation(current: Engine) -> None:
+    def measure(targets: list[ValTarget] | None) -> dict[str, float]:
+        """:func:`validate` on the model as it stands (none without targets), timed."""
+        nonlocal validation_seconds
         began_validation = time.time()
         model.eval()
         if "adapters" in settings.parts:
             engine.embeddings.clear()  # the encoder's adapters changed under the same version
-        metrics = validate(engine, val_targets)
+        metrics = validate(engine, targets) if targets else {}
+        validation_seconds += time.time() - began_validation
+        return metrics
+
+    def run_validation(current: Engine) -> None:
+        metrics = measure(val_targets)
         metrics["step"] = current.state.iteration
         history.append(metrics)
         logger.info("validation at step %d: %s", current.state.iteration, metrics)
         if current.state.iteration > 0 and score(metrics) > best["score"]:
             best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
-        validation_seconds[0] += time.time() - began_validation
-
-    def validate_anchor() -> dict[str, float]:
-        began_validation = time.time()
-        model.eval()
-        if "adapters" in settings.parts:
-            engine.embeddings.clear()
-        metrics = validate(engine, anchor_targets) if anchor_targets else {}
-        validation_seconds[0] += time.time() - began_validation
-        return metrics
 
     began = time.time()
-    anchor_before = validate_anchor()
+    anchor_before = measure(anchor_targets)
     trainer.add_event_handler(Events.STARTED, run_validation)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=settings.val_every), run_validation)
     trainer.run(batches(), epoch_length=settings.steps, max_epochs=1)
@@ -216,7 +213,7 @@ def train_adapter(
         run_validation(trainer)
 
     model.load_state_dict(best["state"], strict=False)
-    anchor_best = validate_anchor()
+    anchor_best = measure(anchor_targets)
     model.eval()
     kept = engine.adapter.parts if engine.adapter else ()
     kind = adapter_kind(model) or "plain"
@@ -241,7 +238,7 @@ def train_adapter(
         "total_parameters": total,
         "trainable_share": trainable / total,
         "seconds": round(time.time() - began, 1),  # steps and validation
-        "validation_seconds": round(validation_seconds[0], 1),
+        "validation_seconds": round(validation_seconds, 1),
         "before": history[0],
         "best": best["metrics"],
         "anchor": {"before": anchor_before, "best": anchor_best, "targets": len(anchor_targets or [])},

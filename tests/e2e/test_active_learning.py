@@ -140,7 +140,18 @@ def test_simulate_rounds_two_short_rounds_end_to_end(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "samlabel.tools.commands.simulate_rounds", "--data", str(pool)]
     cmd += ["--holdout", str(holdout)]
-    cmd += ["--rounds", "2", "--per-round", "1", "--strategy", "sam_uncertainty", "--out", str(out)]
+    cmd += [
+        "--rounds",
+        "2",
+        "--per-round",
+        "1",
+        "--max-clicks",
+        "6",
+        "--strategy",
+        "sam_uncertainty",
+        "--out",
+        str(out),
+    ]
     cmd += ["--server-conf", "train.max_steps", "4", "train.val_every", "4", "train.anchor_slices", "1"]
     subprocess.run(cmd, check=True, timeout=1200)
 
@@ -154,5 +165,5 @@ def test_simulate_rounds_two_short_rounds_end_to_end(tmp_path):
         assert r["clicks"][image]["total"] >= len(r["clicks"][image]["objects"]) >= 2
         assert r["training"]["status"] == "DONE" and r["training"]["gate"] in ("accepted", "rejected")
     for r in rounds:
-        assert 0 <= r["holdout"]["dice_1"] <= 1 and 1 <= r["holdout"]["noc85"] <= 20
+        assert 0 <= r["holdout"]["dice_1"] <= 1 and 1 <= r["holdout"]["noc85"] <= 6
     assert (out / "rounds.png").stat().st_size > 10_000

@@ -4,7 +4,6 @@ a patient never trained on) through the real server. Skips, saying why, where th
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -13,30 +12,27 @@ import pytest
 from monailabel.client import MONAILabelClient
 
 from conftest import SHIPPED_VERSION
-from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.server_evaluation import Case, evaluate_server
 
 
 @pytest.mark.slow
-def test_shipped_click_adapter_on_real_ct_structures_through_the_server(real: Path, tmp_path: Path) -> None:
+def test_shipped_click_adapter_on_real_ct_structures_through_the_server(
+    real: Path, server: str, tmp_path: Path
+) -> None:
     """The default adapter on a patient it never trained on (TotalSegmentator's masks): the liver, and the
-    T12 vertebra, where clicks-v1 got Dice 0 after 3 clicks."""
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    shutil.copy(real / "eval" / "ts_ct_abdomen_dicom.nii.gz", studies)
+    T12 vertebra, where clicks-v1 got Dice 0 after 3 clicks. The CT is uploaded to the shared server, as a
+    viewer would upload a study."""
+    image = real / "eval" / "ts_ct_abdomen_dicom.nii.gz"
     names = json.loads((real / "eval" / "labels.json").read_text())["ts_ct_abdomen_dicom"]
     label = nib.load(real / "eval" / "labels" / "final" / "ts_ct_abdomen_dicom.nii.gz")
     values = np.asarray(label.dataobj)
     truth = (values == names["liver"]) * 1 + (values == names["vertebrae_T12"]) * 2
     nib.save(nib.Nifti1Image(truth.astype(np.uint8), label.affine), tmp_path / "truth.nii.gz")
-    proc, url = start_server(studies, tmp_path / "server.log", "labels", "liver,t12", "model_dir", str(tmp_path / "m"))
-    try:
-        client = MONAILabelClient(url, tmpdir=str(tmp_path))
-        case = [Case("ts_ct_abdomen_dicom", studies / "ts_ct_abdomen_dicom.nii.gz", tmp_path / "truth.nii.gz")]
-        clicks = evaluate_server(client, case, "sam_2d", "clicks", max_clicks=5, reported=(1, 3, 5), noc_at=(0.85,))
-        box = evaluate_server(client, case, "sam_2d", "box")
-    finally:
-        stop_server(proc)
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    client.upload_image(str(image), "ts_ct_abdomen_dicom")
+    case = [Case("ts_ct_abdomen_dicom", image, tmp_path / "truth.nii.gz")]
+    clicks = evaluate_server(client, case, "sam_2d", "clicks", max_clicks=5, reported=(1, 3, 5), noc_at=(0.85,))
+    box = evaluate_server(client, case, "sam_2d", "box")
     assert clicks["adapter_version"] == SHIPPED_VERSION == "clicks-v2"
     liver, t12 = (clicks["per_image"]["ts_ct_abdomen_dicom"]["objects"][f"label_{v}"] for v in (1, 2))
     assert liver["dice_1"] >= 0.7 and liver["dice_5"] >= 0.9, liver

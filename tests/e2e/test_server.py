@@ -179,8 +179,14 @@ def test_train_sam_adapter_from_a_saved_label(server, client, tmp_path, wait_for
     nib.save(make_ct_phantom(1)[1], path)  # the ground truth of the served ct_phantom_001
     client.save_label("ct_phantom_001", str(path), tag="final")
 
-    client.train_start("sam_adapter", {"max_steps": 2, "slice_step": 12, "val_every": 1, "val_split": 0.0})
+    client.train_start(
+        "sam_adapter", {"max_steps": 2, "slice_step": 12, "val_every": 2, "val_split": 0.0, "anchor_slices": 1}
+    )
     assert wait_for_training(client)["status"] == "DONE", client.train_status()
     stats = requests.get(f"{server}/info/", timeout=10).json()["train_stats"]["sam_adapter"]
     assert Path(stats["adapter"]).is_file() and Path(stats["adapter"]).with_suffix(".json").is_file()
     assert stats["best"]["dice_box"] > 0.8 and 0 < stats["trainable_share"] < 0.5
+    # the session's server is shared: whatever the gate decided, serve the shipped version again
+    answer = requests.post(f"{server}/adapter/rollback", params={"version": SHIPPED_VERSION}, timeout=10)
+    assert answer.ok, answer.text
+    assert client.infer("sam_2d", IMAGE, {"foreground": [[80, 64, 24]]})[1]["adapter_version"] == SHIPPED_VERSION

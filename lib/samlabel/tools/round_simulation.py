@@ -22,14 +22,21 @@ import numpy as np
 from monailabel.client import MONAILabelClient
 
 from samlabel.tools.rest import Server
-from samlabel.tools.server_evaluation import Case, ServerModel, evaluate_server, evaluate_target, object_targets
+from samlabel.tools.server_evaluation import (
+    MAX_CLICKS,
+    Case,
+    ServerModel,
+    evaluate_server,
+    evaluate_target,
+    object_targets,
+)
 
 logger = logging.getLogger(__name__)
 
 ANNOTATOR = "simulated-annotator"
 
 
-def annotate(client: MONAILabelClient, case: Case, max_clicks: int = 20) -> dict[str, int]:
+def annotate(client: MONAILabelClient, case: Case, max_clicks: int = MAX_CLICKS) -> dict[str, int]:
     """Clicks the simulated annotator needs per object (until Dice 0.9, at most ``max_clicks``)."""
     label = np.asarray(nib.load(case.truth).dataobj)
     model = ServerModel(client, "sam_2d", case.image_id, None)
@@ -39,8 +46,8 @@ def annotate(client: MONAILabelClient, case: Case, max_clicks: int = 20) -> dict
     }
 
 
-def holdout_scores(client: MONAILabelClient, holdout: list[Case]) -> dict[str, Any]:
-    run = evaluate_server(client, holdout, "sam_2d", "clicks", reported=(1, 3), noc_at=(0.85,))
+def holdout_scores(client: MONAILabelClient, holdout: list[Case], max_clicks: int = MAX_CLICKS) -> dict[str, Any]:
+    run = evaluate_server(client, holdout, "sam_2d", "clicks", max_clicks, reported=(1, 3), noc_at=(0.85,))
     return {**run["mean"], "adapter_version": run["adapter_version"]}
 
 
@@ -53,8 +60,10 @@ def simulate_rounds(
     strategy: str,
     timeout: float = 3600,
     on_round: Callable[[dict], None] | None = None,
+    max_clicks: int = MAX_CLICKS,
 ) -> dict[str, Any]:
-    """Run ``rounds`` rounds of ``per_round`` images; returns one record per round plus the final hold-out."""
+    """Run ``rounds`` rounds of ``per_round`` images; returns one record per round plus the final hold-out.
+    ``max_clicks`` caps the simulated annotator's clicks per object, and NoC on the hold-out."""
     server = Server(client)
     by_id = {case.image_id: case for case in pool}
     missing = set(by_id) - server.datastore_ids()
@@ -65,7 +74,12 @@ def simulate_rounds(
     for r in range(rounds):
         if strategy == "sam_uncertainty":
             server.wait_for_scoring(timeout)  # scores from the served version (a new one after each run)
-        record: dict[str, Any] = {"round": r, "holdout": holdout_scores(client, holdout), "images": [], "clicks": {}}
+        record: dict[str, Any] = {
+            "round": r,
+            "holdout": holdout_scores(client, holdout, max_clicks),
+            "images": [],
+            "clicks": {},
+        }
         record["adapter_version"] = record["holdout"]["adapter_version"]
         runs_before, last_save = server.runs_started(), {}
         for _ in range(per_round):
@@ -75,7 +89,7 @@ def simulate_rounds(
             case = by_id.get(picked["id"])
             if case is None:
                 raise ValueError(f"{strategy} picked {picked['id']}, which has no ground truth in the pool")
-            clicks = annotate(client, case)
+            clicks = annotate(client, case, max_clicks)
             last_save = client.save_label(case.image_id, str(case.truth), tag="final")
             record["images"].append(case.image_id)
             record["clicks"][case.image_id] = {"total": sum(clicks.values()), "objects": clicks}
@@ -100,7 +114,7 @@ def simulate_rounds(
         records.append(record)
         if on_round:
             on_round(record)
-    final = {"round": len(records), "holdout": holdout_scores(client, holdout), "images": [], "clicks": {}}
+    final = {"round": len(records), "holdout": holdout_scores(client, holdout, max_clicks), "images": [], "clicks": {}}
     final["adapter_version"] = final["holdout"]["adapter_version"]
     records.append(final)
     return {"strategy": strategy, "rounds": records, "minutes": round((time.monotonic() - began) / 60, 1)}

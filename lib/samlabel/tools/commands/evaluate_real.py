@@ -29,7 +29,11 @@ from samlabel.config import ASSET_DIR
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.server_evaluation import evaluate_server, mean_scores, structure_scores, studies_cases
 
-SHIPPED = {"clicks-v1": ASSET_DIR / "litemedsam_clicks.pt", "clicks-v2": ASSET_DIR / "litemedsam_clicks_v2.pt"}
+SHIPPED = {
+    "clicks-v1": ASSET_DIR / "litemedsam_clicks.pt",
+    "clicks-v2": ASSET_DIR / "litemedsam_clicks_v2.pt",
+    "clicks-v3": ASSET_DIR / "litemedsam_clicks_v3.pt",
+}
 RUNS = {  # name -> (model, prompt, max clicks)
     "2d_clicks": ("sam_2d", "clicks", 20),
     "2d_box": ("sam_2d", "box", 20),
@@ -135,8 +139,8 @@ def main(argv: list[str] | None = None) -> int | None:
             result["device"] = "cuda" if torch.cuda.is_available() else "cpu"  # the server's device: auto
             out_file.write_text(json.dumps(result, indent=2))
             results.append(result)
-    every = sorted(args.out.glob("*.json"))
-    results = [json.loads(p.read_text()) for p in every if p.name != "real.json"]
+    every = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if p.name != "real.json"]
+    results = [r for r in every if "splits" in r]  # one per adapter evaluated here (not e.g. learning_demo.json)
     (args.out / "real.json").write_text(json.dumps({r["adapter"]: _table_row(r) for r in results}, indent=2))
     plot(results, args.out / "real.png")
     print(json.dumps({r["adapter"]: _table_row(r) for r in results}, indent=2))

@@ -28,7 +28,7 @@ from monailabel.client import MONAILabelClient
 
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.round_simulation import simulate_rounds
-from samlabel.tools.server_evaluation import studies_cases
+from samlabel.tools.server_evaluation import MAX_CLICKS, studies_cases
 
 
 def run_with_own_server(args, pool, holdout, strategy: str, work: Path) -> dict:
@@ -51,7 +51,9 @@ def run(url: str, args, pool, holdout, strategy: str, tmp: Path) -> dict:
     def report(record: dict) -> None:
         print(json.dumps({strategy: {k: record[k] for k in ("round", "holdout", "mean_clicks_per_image")}}), flush=True)
 
-    result = simulate_rounds(client, pool, holdout, args.rounds, args.per_round, strategy, on_round=report)
+    result = simulate_rounds(
+        client, pool, holdout, args.rounds, args.per_round, strategy, on_round=report, max_clicks=args.max_clicks
+    )
     print(json.dumps({strategy: {"final holdout": result["rounds"][-1]["holdout"]}}), flush=True)
     return result
 
@@ -71,7 +73,10 @@ def plot(report: dict, out: Path) -> None:
         worked = [r for r in rounds if r["images"]]
         axes[2].plot([r["round"] for r in worked], [r["mean_clicks_per_image"] for r in worked], "o-", label=name)
     axes[0].set(xlabel="images labelled", ylabel="hold-out Dice after 1 click", ylim=(0, 1.02))
-    axes[1].set(xlabel="images labelled", ylabel="hold-out NoC@85 (clicks, capped at 20)")
+    axes[1].set(
+        xlabel="images labelled",
+        ylabel=f"hold-out NoC@85 (clicks, capped at {report['settings']['max_clicks']})",
+    )
     axes[2].set(xlabel="round", ylabel="clicks per picked image (annotation effort)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -91,6 +96,9 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--per-round", type=int, default=3)
     parser.add_argument("--strategy", nargs="+", default=["random", "sam_uncertainty"])
     parser.add_argument(
+        "--max-clicks", type=int, default=MAX_CLICKS, help="clicks per object at most, annotating and on the hold-out"
+    )
+    parser.add_argument(
         "--server-conf", nargs="*", default=[], metavar="KEY VALUE", help="--conf pairs for the servers it starts"
     )
     parser.add_argument("--out", type=Path, required=True)
@@ -108,7 +116,12 @@ def main(argv: list[str] | None = None) -> int | None:
         "command": " ".join(["scripts/simulate_rounds", *argv]),
         "pool": [c.image_id for c in pool],
         "holdout": [c.image_id for c in holdout],
-        "settings": {"rounds": args.rounds, "per_round": args.per_round, "server_conf": args.server_conf},
+        "settings": {
+            "rounds": args.rounds,
+            "per_round": args.per_round,
+            "max_clicks": args.max_clicks,
+            "server_conf": args.server_conf,
+        },
         "device": "see the server log" if args.server else f"this machine ({os.cpu_count()} cores, no GPU unless cuda)",
         "strategies": {},
     }

@@ -34,6 +34,8 @@ TINY_RUN = (
     "100",
     "train.train_batch_size",
     "2",
+    "train.val_max_targets",
+    "2",
 )
 
 

@@ -152,7 +152,17 @@ def test_simulate_rounds_two_short_rounds_end_to_end(tmp_path):
         "--out",
         str(out),
     ]
-    cmd += ["--server-conf", "train.max_steps", "4", "train.val_every", "4", "train.anchor_slices", "1"]
+    cmd += [
+        "--server-conf",
+        "train.max_steps",
+        "4",
+        "train.val_every",
+        "4",
+        "train.anchor_slices",
+        "1",
+        "train.val_max_targets",
+        "2",
+    ]
     subprocess.run(cmd, check=True, timeout=1200)
 
     report = json.loads((out / "rounds.json").read_text())

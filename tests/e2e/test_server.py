@@ -180,7 +180,8 @@ def test_train_sam_adapter_from_a_saved_label(server, client, tmp_path, wait_for
     client.save_label("ct_phantom_001", str(path), tag="final")
 
     client.train_start(
-        "sam_adapter", {"max_steps": 2, "slice_step": 12, "val_every": 2, "val_split": 0.0, "anchor_slices": 1}
+        "sam_adapter",
+        {"max_steps": 2, "slice_step": 12, "val_every": 2, "val_split": 0.0, "anchor_slices": 1, "val_max_targets": 2},
     )
     assert wait_for_training(client)["status"] == "DONE", client.train_status()
     stats = requests.get(f"{server}/info/", timeout=10).json()["train_stats"]["sam_adapter"]

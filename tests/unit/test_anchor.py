@@ -12,7 +12,7 @@ from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.commands.make_anchor_set import REPLAY_SEEDS, VALIDATE_SEEDS, anchor_slices
 from samlabel.tools.sample_data import ACTIVE_LEARNING_SPLIT, make_cardiac_phantom
 from samlabel.training.anchor import ANCHOR_FILE, load_anchor_set
-from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, train_adapter
+from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, spread, train_adapter
 from samlabel.training.samples import slice_samples
 
 GOOD = {"dice_1": 0.9, "dice_3": 0.92, "dice_5": 0.93, "dice_box": 0.9}
@@ -65,3 +65,14 @@ def test_a_run_that_forgets_is_rejected_on_the_anchor_set(tmp_path) -> None:
     assert before["dice_1"] > 0.8 and after["dice_1"] < before["dice_1"] - 0.2, report["anchor"]
     publish, reason = publish_decision(report["best"], report["before"], cfg.publish_tolerance, after, before)
     assert not publish and "anchor dice_1" in reason
+
+
+def test_validation_is_capped_and_spread_over_every_image() -> None:
+    """``train.val_max_targets``: a run validates on a bounded number of objects, taken from every
+    held-out image, not the first images' objects only."""
+    found = [ValTarget(f"img{i}/organ{j}", np.zeros(1), np.zeros(1)) for i in range(4) for j in range(5)]
+    chosen = spread(found, 6)
+    assert len(chosen) == 6 and len({t.name for t in chosen}) == 6
+    assert {t.name.split("/")[0] for t in chosen} == {"img0", "img1", "img2", "img3"}
+    assert spread(found, 0) == found and spread(found, 40) == found
+    assert app_defaults().train["val_max_targets"] == 40

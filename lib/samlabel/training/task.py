@@ -30,7 +30,7 @@ from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
 from samlabel.training.anchor import load_anchor_set
-from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, prepare_model, train_adapter
+from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, prepare_model, spread, train_adapter
 from samlabel.training.samples import augmentation, slice_samples
 from samlabel.training.step import InteractiveLoss
 
@@ -122,6 +122,7 @@ class SamAdapterTrain(BasicTrainTask):
                 label, {str(v): int(v) for v in np.unique(label) if v > 0}, self.cfg.min_object_voxels
             ).items()
         ]
+        val_targets = spread(val_targets, int(request["val_max_targets"]))
         version = self.versions.next_version()
         clock["embeddings"] = time.time()
         report = train_adapter(

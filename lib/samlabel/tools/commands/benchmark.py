@@ -172,6 +172,41 @@ def plot(result: dict, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
+ROUND_PHASES = {  # breakdown key -> the phase's name on the timeline, in the order they happen
+    "start_up_seconds": "trainer start-up",
+    "engine_seconds": "engine",
+    "embeddings_seconds": "embeddings",
+    "steps_seconds": "training steps",
+    "validation_seconds": "validation + gate",
+    "publish_seconds": "publish",
+    "served_after_publish_seconds": "until served",
+}
+
+
+def plot_round(tuning: dict, out: Path) -> None:
+    """The fine-tuning round as a timeline: from the last save to the first infer the new version answers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 2.0))
+    start = 0.0
+    for (key, name), colour in zip(ROUND_PHASES.items(), plt.get_cmap("tab10").colors, strict=False):
+        width = tuning["breakdown"][key]
+        ax.barh(0, width, left=start, color=colour, label=f"{name} {width:.1f} s")
+        start += width
+    runs = tuning["breakdown"].get("encoder_runs")
+    ax.set(yticks=[], xlabel="seconds after the label that starts the run was saved", xlim=(0, start * 1.02))
+    ax.set_title(
+        f"save -> new version served: {tuning['seconds']:.0f} s ({tuning['labels']} labels"
+        + (f", {runs} encoder runs)" if runs is not None else ")"),
+        fontsize=10,
+    )
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.4), frameon=False)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+
+
 def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
@@ -233,6 +268,8 @@ def main(argv: list[str] | None = None) -> int | None:
         result["litemedsam"] = litemedsam_server(args, studies, labels, truths, args.out)
         save(result, args.out)
         plot(result, args.out / "benchmark.png")
+        if result["litemedsam"]["fine_tuning"]:
+            plot_round(result["litemedsam"]["fine_tuning"], args.out / "round.png")
         print(json.dumps({m: result[m]["paths"] for m in ("litemedsam", "vit_b") if m in result}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -7,24 +7,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from samlabel.config import ASSET_DIR, load_app_config, load_model_config
 from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
-from samlabel.inference.preprocess import normalize_volume
 from samlabel.training.loop import ValTarget, validate
+from samlabel.training.task import load_pair
 
 EVAL_IMAGES = ("ts_ct_abdomen_dicom", "ts_mr_abdomen")
 
 
 def eval_targets(real: Path, cfg) -> list[ValTarget]:
+    """Every structure of the eval images, read and normalised as the trainer reads a saved label."""
     names = json.loads((real / "eval" / "labels.json").read_text())
     found = []
     for image in EVAL_IMAGES:
-        volume01 = normalize_volume(np.asarray(nib.load(real / "eval" / f"{image}.nii.gz").dataobj), **cfg.intensity)
-        label = np.asarray(nib.load(real / "eval" / "labels" / "final" / f"{image}.nii.gz").dataobj)
+        item = {
+            "image": str(real / "eval" / f"{image}.nii.gz"),
+            "label": str(real / "eval" / "labels" / "final" / f"{image}.nii.gz"),
+        }
+        _, volume01, label = load_pair(item, cfg)
         for name, mask in targets(label, names[image], cfg.min_object_voxels).items():
             found.append(ValTarget(f"{image}/{name}", volume01, mask))
     return found

@@ -23,6 +23,7 @@ from samlabel.server.install import install
 from samlabel.tasks.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
 from samlabel.tasks.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.tasks.strategy import RandomStrategy, SamUncertaintyStrategy
+from samlabel.training.encode_ahead import EncodeAhead
 from samlabel.training.runs import start_training, training_running
 from samlabel.training.task import SamAdapterTrain
 from samlabel.training.trigger import TrainTrigger
@@ -58,6 +59,7 @@ class SamLabelApp(MONAILabelApp):
             labels=sorted(self.cfg.label_values, key=self.cfg.label_values.get),  # a list: OHIF appends to it
         )
         self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
+        self.encode_ahead = EncodeAhead(self.engine, self.cfg, self.datastore())
 
     def make_training_engine(self, adapter: str, trains_encoder: bool) -> SamEngine:
         """Training needs PyTorch's autograd, whatever runtime serves; an encoder that does not train encodes
@@ -84,7 +86,7 @@ class SamLabelApp(MONAILabelApp):
         )
 
     def info(self):
-        return {**super().info(), "engine": self.engine.status()}
+        return {**super().info(), "engine": {**self.engine.status(), "encode_ahead": self.encode_ahead.status()}}
 
     def init_infers(self):
         args = (self.engine, self.refinements, self.image_loader, self.cfg, self.versions)
@@ -129,6 +131,7 @@ class SamLabelApp(MONAILabelApp):
     def on_save_label(self, image_id, label_id):
         super().on_save_label(image_id, label_id)
         saved_at = self.datastore().get_label_info(label_id, "final").get("ts")
+        self.encode_ahead.label_saved(image_id, label_id)
         return {"training": self.trigger.label_saved(image_id, saved_at)} if saved_at else {}
 
     def start_fine_tuning(self) -> bool:

@@ -63,6 +63,7 @@ class AppConfig:
     propagation_iou: float
     propagation_box_margin: int
     propagation_mask_prompt: bool
+    propagation_agreement: float
     auto_min_iou: float
     auto_min_support: float
     train_every: int

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from samlabel.adapters.versions import publish_decision
+from samlabel.adapters.versions import GATED_METRICS, publish_decision
 from samlabel.config import app_defaults, load_app_config, load_model_config
 from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.commands.make_anchor_set import REPLAY_SEEDS, VALIDATE_SEEDS, anchor_slices
 from samlabel.tools.sample_data import ACTIVE_LEARNING_SPLIT, make_cardiac_phantom
-from samlabel.training.anchor import ANCHOR_FILE, load_anchor_set
+from samlabel.training.anchor import ANCHOR_FILE, AnchorMetrics, anchor_weights, load_anchor_set
 from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, spread, train_adapter
 from samlabel.training.samples import slice_samples
 
@@ -62,6 +63,7 @@ def test_a_run_that_forgets_is_rejected_on_the_anchor_set(tmp_path) -> None:
     anchor = load_anchor_set(2)
     report = train_adapter(engine, samples, hearts, settings, tmp_path / "v.pt", "v", anchor_targets=anchor.validate)
     before, after = report["anchor"]["before"], report["anchor"]["best"]
+    assert set(before) == set(after) == set(GATED_METRICS), "the anchor is validated as far as the gate looks"
     assert before["dice_1"] > 0.8 and after["dice_1"] < before["dice_1"] - 0.2, report["anchor"]
     publish, reason = publish_decision(report["best"], report["before"], cfg.publish_tolerance, after, before)
     assert not publish and "anchor dice_1" in reason
@@ -76,3 +78,31 @@ def test_validation_is_capped_and_spread_over_every_image() -> None:
     assert {t.name.split("/")[0] for t in chosen} == {"img0", "img1", "img2", "img3"}
     assert spread(found, 0) == found and spread(found, 40) == found
     assert app_defaults().train["val_max_targets"] == 40
+
+
+def test_a_versions_anchor_metrics_are_measured_once_and_kept_per_anchor_setting(tmp_path) -> None:
+    """A run from a version whose anchor figures are known does not validate it on the anchor again; the
+    figures are keyed by version, model and anchor slices, and an unreadable file is only a miss."""
+    path = tmp_path / "anchor_metrics.json"
+    kept = AnchorMetrics(path, "litemedsam@abc", 8)
+    assert kept.get("ft001") is None
+    kept.put("ft001", GOOD)
+    kept.put("ft002", {})  # a run without anchor targets keeps nothing
+    assert AnchorMetrics(path, "litemedsam@abc", 8).get("ft001") == GOOD
+    assert AnchorMetrics(path, "litemedsam@abc", 8).get("ft002") is None
+    assert AnchorMetrics(path, "litemedsam@abc", 2).get("ft001") is None, "other anchor slices, other figures"
+    assert AnchorMetrics(path, "medsam@def", 8).get("ft001") is None, "another model"
+    path.write_text("{torn")
+    assert kept.get("ft001") is None
+    kept.put("ft003", GOOD)
+    assert kept.get("ft003") == GOOD
+
+
+def test_the_anchor_set_keeps_its_share_of_the_draws_however_many_labels_are_saved() -> None:
+    for labels in (np.full(20, 3.0), np.concatenate([np.full(300, 1.0), np.full(60, 3.0)])):
+        weights = anchor_weights(labels, 12, 0.25)
+        assert len(weights) == 12 and np.isclose(weights.sum() / (weights.sum() + labels.sum()), 0.25)
+    assert len(anchor_weights(np.ones(5), 0, 0.25)) == 0
+    assert anchor_weights(np.ones(5), 3, 0.0).sum() == 0
+    with pytest.raises(ValueError, match="anchor_share"):
+        anchor_weights(np.ones(5), 3, 1.0)

@@ -28,6 +28,7 @@ from samlabel.atomic_write import write_json
 logger = logging.getLogger(__name__)
 
 GATED_METRICS = ("dice_1", "dice_3", "dice_box")
+GATE_CLICKS = 3  # the most simulated clicks a gated metric needs
 
 
 class VersionError(ValueError):

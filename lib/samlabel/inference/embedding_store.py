@@ -34,6 +34,10 @@ class EmbeddingStore:
     def _path(self, key: str) -> Path:
         return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
 
+    def has(self, key: str) -> bool:
+        """Whether a file is there for ``key`` (without reading it)."""
+        return self._path(key).exists()
+
     def get(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
         path = self._path(key)
         try:

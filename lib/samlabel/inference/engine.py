@@ -222,6 +222,19 @@ class SamEngine:
             todo = [unit for unit in todo if any(found[keys[k]] is None for k in unit)]  # evicted: encode here
         return [found[keys[k]] for k in ks]
 
+    def store_slices(self, volume01: np.ndarray, ks: list[int]) -> int:
+        """Encode, in the background, those of slices ``ks`` the embedding store on disk lacks, into the store
+        only (not the memory cache, which holds what annotators click on): what a fine-tuning run will read.
+        Nothing without a store or with a stacked or prompt-conditioned encoder. Returns the slices encoded."""
+        disk = self.embeddings.disk
+        if disk is None or self.stack_depth > 1 or self.conditioned:
+            return 0
+        keys = embedding_keys(volume01, [(k,) for k in ks], self.encoder_version, runtime_label(self.encoder_runtime))
+        missing = [k for k in ks if not disk.has(keys[k])]
+        for k in missing:
+            disk.put(keys[k], self._encode(self.model_input(volume01, k)[None], background=True))
+        return len(missing)
+
     def _encode(
         self, images: torch.Tensor, background: bool, depth: int = 1, condition: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ class Prompt:
 
     ``points_ij`` is Nx2 ``(i, j)`` on slice ``slice``; ``point_labels`` is N (1 foreground, 0 background);
     ``box`` is an inclusive ``(i0, i1, j0, j1)`` on that slice; ``k_range`` the roi's inclusive slice range.
+    ``clicks`` holds every click of the request, ``(i, j, k, label)``, on whichever slice (``sam_3d``
+    honours them all, see :meth:`at`).
     """
 
     slice: int
@@ -36,12 +38,25 @@ class Prompt:
     label_name: str
     label_value: int
     reset: bool
+    clicks: tuple[tuple[int, int, int, int], ...] = ()
 
     @property
     def kind(self) -> str:
         """'box', 'points' or 'box+points', reported in the result params."""
         parts = (["box"] if self.box else []) + (["points"] if len(self.points_ij) else [])
         return "+".join(parts)
+
+    def clicked_slices(self) -> list[int]:
+        """The slices that hold clicks, and the prompt's slice if it has a box, in order."""
+        return sorted({k for _, _, k, _ in self.clicks} | ({self.slice} if self.box else set()))
+
+    def at(self, k: int) -> Prompt:
+        """The prompt on slice ``k``: the clicks there, and the box if ``k`` is the box's slice."""
+        here = [(i, j, lab) for i, j, kk, lab in self.clicks if kk == k]
+        points = np.array([(i, j) for i, j, _ in here], dtype=np.int64).reshape(-1, 2)
+        labels = np.array([lab for _, _, lab in here], dtype=np.int64)
+        box = self.box if k == self.slice else None
+        return replace(self, slice=k, points_ij=points, point_labels=labels, box=box)
 
     def points_key(self) -> frozenset[tuple[int, int, int]]:
         """The clicks as a set of ``(i, j, label)``, for matching against earlier requests."""
@@ -120,9 +135,6 @@ def parse_prompt(
     else:
         k = (k_range[0] + k_range[1]) // 2
 
-    on_slice = [(p, 1) for p in fg if p[2] == k] + [(p, 0) for p in bg if p[2] == k]
-    points_ij = np.array([p[:2] for p, _ in on_slice], dtype=np.int64).reshape(-1, 2)
-    point_labels = np.array([lab for _, lab in on_slice], dtype=np.int64)
     box = roi[:4] if roi and k_range[0] <= k <= k_range[1] else None
 
     name = params.get("label") or next(iter(labels))
@@ -130,4 +142,6 @@ def parse_prompt(
         raise PromptError(f"unknown label {name!r}; this model knows {sorted(labels)}")
     reset = params.get("reset_state", False)
     reset = reset if isinstance(reset, bool) else str(reset).lower() in ("1", "true", "yes")
-    return Prompt(k, points_ij, point_labels, box, k_range, name, int(labels[name]), reset)
+    clicks = tuple((i, j, kk, 1) for i, j, kk in fg) + tuple((i, j, kk, 0) for i, j, kk in bg)
+    none = np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return Prompt(k, *none, box, k_range, name, int(labels[name]), reset, clicks).at(k)

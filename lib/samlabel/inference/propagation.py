@@ -8,6 +8,7 @@ With ``encoder_batch`` > 1 the slices ahead are encoded in batches; the masks ar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +25,43 @@ class PropagationSettings:
     min_iou: float
     box_margin: int
     mask_prompt: bool
+    agreement: float  # a correction stops re-propagating where it agrees with the previous result (correction.py)
 
     @classmethod
     def from_config(cls, cfg: AppConfig) -> PropagationSettings:
-        return cls(cfg.propagation_iou, cfg.propagation_box_margin, cfg.propagation_mask_prompt)
+        return cls(
+            cfg.propagation_iou, cfg.propagation_box_margin, cfg.propagation_mask_prompt, cfg.propagation_agreement
+        )
+
+
+def walk(
+    engine: SamEngine, volume01: np.ndarray, k0: int, start: SliceResult, last: int, settings: PropagationSettings
+) -> Iterator[tuple[int, SliceResult]]:
+    """The slices from ``k0`` towards ``last`` (inclusive, either direction), each segmented from the one
+    before it; ends early where the mask vanishes or SAM's IoU drops below ``settings.min_iou``."""
+    step = 1 if last >= k0 else -1
+    geometry = engine.geometry(volume01.shape)
+    no_points = np.zeros((0, 2), dtype=np.float32)
+    batch = engine.encoder_batch
+    previous, k = start, k0 + step
+    while (k - last) * step <= 0:
+        if batch > 1 and not engine.conditioned and (k - k0 - step) % batch == 0:  # next slices at once (GPU)
+            engine.embed_slices(volume01, [j for j in range(k, k + step * batch, step) if (j - last) * step <= 0])
+        box = mask_box(previous.mask, settings.box_margin)
+        if box is None:
+            return
+        result = engine.segment(
+            volume01,
+            k,
+            no_points,
+            np.zeros(0, dtype=np.int64),
+            geometry.box_to_model(*box),
+            mask_input=previous.logits if settings.mask_prompt else None,
+        )
+        if result.iou < settings.min_iou or not result.mask.any():
+            return
+        yield k, result
+        previous, k = result, k + step
 
 
 def propagate(
@@ -40,28 +74,7 @@ def propagate(
 ) -> dict[int, np.ndarray]:
     """Slice masks ``{k: (H, W) bool}`` grown from ``start`` on slice ``k0`` within ``k_range`` (inclusive)."""
     lo, hi = k_range if k_range else (0, volume01.shape[2] - 1)
-    geometry = engine.geometry(volume01.shape)
-    no_points = np.zeros((0, 2), dtype=np.float32)
     masks = {k0: start.mask}
-    batch = engine.encoder_batch
-    for step in (-1, 1):
-        previous, k = start, k0 + step
-        while lo <= k <= hi:
-            if batch > 1 and not engine.conditioned and (k - k0 - step) % batch == 0:  # next slices at once (GPU)
-                engine.embed_slices(volume01, [j for j in range(k, k + step * batch, step) if lo <= j <= hi])
-            box = mask_box(previous.mask, settings.box_margin)
-            if box is None:
-                break
-            result = engine.segment(
-                volume01,
-                k,
-                no_points,
-                np.zeros(0, dtype=np.int64),
-                geometry.box_to_model(*box),
-                mask_input=previous.logits if settings.mask_prompt else None,
-            )
-            if result.iou < settings.min_iou or not result.mask.any():
-                break
-            masks[k] = result.mask
-            previous, k = result, k + step
+    for last in (lo, hi):
+        masks.update((k, result.mask) for k, result in walk(engine, volume01, k0, start, last, settings))
     return masks

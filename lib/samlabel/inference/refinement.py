@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,19 +20,20 @@ import torch
 from samlabel.inference.engine import SamEngine, SliceResult
 from samlabel.inference.prompts import Prompt
 
-Clicks = frozenset[tuple[int, int, int]]
+Clicks = frozenset[tuple[int, ...]]
 
 
 class RefinementStore:
-    """Bounded LRU of low-res logits keyed by (slice context, clicks)."""
+    """Bounded LRU of results keyed by (context, clicks): a slice's low-res logits (``sam_2d``), or a 3-D
+    result (:mod:`samlabel.inference.correction`)."""
 
     def __init__(self, max_entries: int = 2048):
         self.max_entries = max_entries
-        self._items: OrderedDict[tuple[Hashable, Clicks], torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[tuple[Hashable, Clicks], Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def previous(self, context: Hashable, clicks: Clicks) -> torch.Tensor | None:
-        """Logits stored for the largest strict subset of ``clicks`` in ``context``, if any."""
+    def previous(self, context: Hashable, clicks: Clicks) -> Any | None:
+        """What is stored for the largest strict subset of ``clicks`` in ``context``, if any."""
         with self._lock:
             subsets = [key for key in self._items if key[0] == context and key[1] < clicks]
             if not subsets:
@@ -40,9 +42,9 @@ class RefinementStore:
             self._items.move_to_end(best)
             return self._items[best]
 
-    def remember(self, context: Hashable, clicks: Clicks, logits: torch.Tensor) -> None:
+    def remember(self, context: Hashable, clicks: Clicks, value: Any) -> None:
         with self._lock:
-            self._items[(context, clicks)] = logits
+            self._items[(context, clicks)] = value
             self._items.move_to_end((context, clicks))
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)
@@ -53,23 +55,37 @@ class RefinementStore:
                 del self._items[key]
 
 
-def segment_prompt(
-    engine: SamEngine, store: RefinementStore, volume01: np.ndarray, prompt: Prompt, image_key: str
-) -> tuple[SliceResult, bool]:
-    """Segment the prompt's slice, refining the same user's previous result. Returns (result, refined)."""
+def segment_slice(
+    engine: SamEngine, volume01: np.ndarray, prompt: Prompt, mask_input: torch.Tensor | None = None
+) -> SliceResult:
+    """The prompt's slice segmented from its clicks and box, mapped into the model's frame."""
     geometry = engine.geometry(volume01.shape)
-    context = (image_key, engine.version, prompt.label_name, prompt.slice, prompt.box)
-    clicks = prompt.points_key()
-    if prompt.reset:
-        store.forget(context)
-    previous = None if prompt.reset else store.previous(context, clicks)
-    result = engine.segment(
+    return engine.segment(
         volume01,
         prompt.slice,
         geometry.voxels_to_model(prompt.points_ij),
         prompt.point_labels,
         geometry.box_to_model(*prompt.box) if prompt.box else None,
-        mask_input=previous,
+        mask_input=mask_input,
     )
+
+
+def segment_prompt(
+    engine: SamEngine,
+    store: RefinementStore,
+    volume01: np.ndarray,
+    prompt: Prompt,
+    image_key: str,
+    mask_input: torch.Tensor | None = None,
+) -> tuple[SliceResult, bool]:
+    """Segment the prompt's slice, refining the same user's previous result (or ``mask_input``, when the store
+    has none: e.g. a 3-D result's mask on that slice). Returns (result, refined)."""
+    context = (image_key, engine.version, prompt.label_name, prompt.slice, prompt.box)
+    clicks = prompt.points_key()
+    if prompt.reset:
+        store.forget(context)
+    previous = None if prompt.reset else store.previous(context, clicks)
+    previous = mask_input if previous is None else previous
+    result = segment_slice(engine, volume01, prompt, previous)
     store.remember(context, clicks, result.logits)
     return result, previous is not None

@@ -20,6 +20,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from samlabel.adapters.versions import AdapterVersions
 from samlabel.config import AppConfig
+from samlabel.inference.correction import segment_3d
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.geometry import put_slice, volume_slice
 from samlabel.inference.image_cache import CachedLoadImaged
@@ -31,7 +32,7 @@ from samlabel.inference.refinement import RefinementStore, segment_prompt
 
 
 class SamInferTask(BasicInferTask):
-    """Shared request handling; subclasses say how far a mask grows from the prompted slice."""
+    """Shared request handling; ``sam_2d`` as is (the prompted slice), the others override :meth:`label_volume`."""
 
     dimension_of_task = 2
     infer_type = InferType.DEEPGROW
@@ -70,9 +71,6 @@ class SamInferTask(BasicInferTask):
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
 
-    def grow(self, volume01: np.ndarray, k0: int, start, k_range) -> dict[int, np.ndarray]:
-        return {k0: start.mask}
-
     def normalised(self, image: Any, volume: np.ndarray) -> np.ndarray:
         """``volume`` in [0, 1]. The loader hands out the same object for the same file, so clicks on one
         image normalise it once (percentiles over a large MR volume take seconds)."""
@@ -108,7 +106,7 @@ class SamInferTask(BasicInferTask):
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
         volume01 = self.normalised(image, volume)
         start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
-        masks = self.grow(volume01, prompt.slice, start, prompt.k_range)
+        masks = {prompt.slice: start.mask}
         self.engine.prefetcher.request(volume01, prompt.slice)
 
         label = np.zeros(volume.shape, dtype=np.uint8)
@@ -135,12 +133,32 @@ class Sam2DInfer(SamInferTask):
 
 
 class Sam3DInfer(SamInferTask):
-    """``sam_3d``: segment the prompted slice, then propagate up and down the volume."""
+    """``sam_3d``: segment the clicked slices, propagate up and down the volume; clicks on any other slice
+    correct the previous 3-D result (:mod:`samlabel.inference.correction`)."""
 
     dimension_of_task = 3
 
-    def grow(self, volume01, k0, start, k_range):
-        return propagate(self.engine, volume01, k0, start, k_range, self.propagation())
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.states = RefinementStore(max_entries=8)  # 3-D results: a mask per slice each
+
+    def label_volume(self, data: dict[str, Any], image: Any, volume: np.ndarray) -> tuple[np.ndarray, dict]:
+        prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
+        volume01 = self.normalised(image, volume)
+        image_key = str(data.get("image_path"))
+        masks, done = segment_3d(self.engine, self.states, self.store, volume01, prompt, image_key, self.propagation())
+        self.engine.prefetcher.request(volume01, prompt.slice)
+        label = np.zeros(volume.shape, dtype=np.uint8)
+        for k, mask in masks.items():
+            put_slice(label, k, mask, prompt.label_value)
+        return label, {
+            "prompt": prompt.kind,
+            "label": prompt.label_name,
+            "label_value": prompt.label_value,
+            "slice": prompt.slice,
+            "slices": [min(masks), max(masks)] if masks else [],
+            **done,
+        }
 
 
 class SamAutoInfer(SamInferTask):

@@ -135,6 +135,18 @@ class Server:
             time.sleep(2)
         return self.train_status()
 
+    def wait_for_background(self, timeout: float = 900) -> None:
+        """Wait until the server's background encoding is done: the prefetcher's queue and the slices that
+        saved labels need (``encode_ahead``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            engine = self.engine()
+            prefetch = engine["prefetch"]
+            if not prefetch["pending"] and not prefetch["working"] and not engine["encode_ahead"]["labels_pending"]:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"background encoding not done after {timeout:.0f} s")
+
     def wait_for_scoring(self, timeout: float) -> None:
         """Wait until the uncertainty scores were computed with the served adapter version."""
         deadline = time.monotonic() + timeout

@@ -102,15 +102,6 @@ class Timer:
     def engine(self) -> dict[str, Any]:
         return self.server.engine()
 
-    def wait_prefetch(self, timeout: float = 900) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            prefetch = self.engine()["prefetch"]
-            if not prefetch["pending"] and not prefetch["working"]:
-                return
-            time.sleep(0.25)
-        raise TimeoutError("the prefetcher did not finish")
-
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per path: n, each request's own encoder runs, and p50/p95 in ms of each measure."""
         out = {}
@@ -134,11 +125,11 @@ def click_paths(timer: Timer, image: str, label: np.ndarray, slices: list[int], 
         rows, cols = np.nonzero(label[:, :, k])
         centre = [int(rows.mean()), int(cols.mean()), k]
         points = [centre]
-        timer.wait_prefetch()
+        timer.server.wait_for_background()
         timer.infer("first_click", "sam_2d", image, {"foreground": points, "label": "organ", "slice": k})
         for stage in ("further_click_while_prefetching", "further_click"):
             if stage == "further_click":
-                timer.wait_prefetch()
+                timer.server.wait_for_background()
             for n in range(further):
                 points = [*points, [centre[0] + 2 * (n % 5) - 4, centre[1] + 3 - n % 7, k]]
                 params = {"foreground": points, "label": "organ", "slice": k}
@@ -158,30 +149,44 @@ def volume_paths(timer: Timer, cold: str, warm: str, label: np.ndarray, truth_wa
     mid = depth // 2
     rows, cols = np.nonzero(truth_warm[:, :, mid])
     timer.infer("", "sam_2d", warm, {"foreground": [[int(rows.mean()), int(cols.mean()), mid]], "slice": mid})
-    timer.wait_prefetch()
+    timer.server.wait_for_background()
     timer.infer(f"sam_3d_{depth}_after_click", "sam_3d", warm, {"roi": roi_of(truth_warm > 0), "label": "organ"})
     timer.infer(f"sam_3d_{depth}_cached", "sam_3d", cold, roi)
     return {"depth": depth, "slices_propagated": slices}
 
 
 def fine_tuning_round(client: MONAILabelClient, truths: dict[str, Path], timeout: float) -> dict[str, Any]:
-    """Save 5 final labels (the server's ``train_every`` is 5) and time the run they trigger until it is
-    published or rolled back."""
+    """Save 5 final labels (the server's ``train_every`` is 5) and time the run they trigger: until the
+    server serves its version (what the next click gets), or until the run ends if the gate rejects it."""
     server = Server(client)
-    runs_before = server.runs_started()
+    runs_before, served_before = server.runs_started(), server.served_version()
     saved_at, saved_epoch = None, None
-    for image_id, truth in truths.items():
+    for n, (image_id, truth) in enumerate(truths.items(), 1):
+        if n == len(truths):  # annotators take minutes per label: what the earlier saves set going is done
+            server.wait_for_background()
         client.save_label(image_id, str(truth), tag="final")
         saved_at, saved_epoch = time.monotonic(), time.time()
-    server.wait_for_run(runs_before, timeout)
-    seconds = time.monotonic() - saved_at
+    served_at, deadline = None, time.monotonic() + timeout
+    while served_at is None and (server.runs_started() <= runs_before or server.training()):
+        if server.served_version() != served_before:
+            served_at = time.monotonic()
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"no new version served after {timeout:.0f} s")
+        time.sleep(0.25)
+    server.wait_for_run(runs_before, timeout)  # its stats are written last
+    seconds = (served_at or time.monotonic()) - saved_at
     stats = server.train_stats()
     timing = dict(stats.get("timing", {}))
     breakdown = {"start_up_seconds": round(timing.pop("started_at", saved_epoch) - saved_epoch, 1), **timing}
-    breakdown["served_after_publish_seconds"] = round(
-        seconds - breakdown["start_up_seconds"] - sum(v for k, v in timing.items() if k.endswith("_seconds")), 1
-    )
-    return {"labels": len(truths), "seconds": round(seconds, 1), "breakdown": breakdown, "train_stats": stats}
+    phases = sum(v for k, v in timing.items() if k.endswith("_seconds"))
+    breakdown["served_after_publish_seconds"] = round(max(seconds - breakdown["start_up_seconds"] - phases, 0.0), 1)
+    return {
+        "labels": len(truths),
+        "seconds": round(seconds, 1),
+        "served": served_at is not None,
+        "breakdown": breakdown,
+        "train_stats": stats,
+    }
 
 
 def memory_over_clicks(timer: Timer, pid: int, labels: dict[str, np.ndarray], clicks: int) -> dict[str, Any]:

@@ -9,16 +9,23 @@ built deterministically by ``samlabel-make-anchor-set`` from phantoms no other s
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from samlabel.adapters.versions import GATE_CLICKS
+from samlabel.atomic_write import write_json
 from samlabel.config import ASSET_DIR
 from samlabel.inference.objects import label_objects
 from samlabel.training.loop import ValTarget
 
 ANCHOR_FILE = ASSET_DIR / "anchor_set.npz"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,46 @@ def load_anchor_set(max_slices: int, path: Path = ANCHOR_FILE) -> AnchorSet:
             else:
                 replay.append((f"anchor/{name}", volume01, label))
     return AnchorSet(validate, replay)
+
+
+def anchor_weights(label_weights: np.ndarray, replayed: int, share: float) -> np.ndarray:
+    """Draw weights for ``replayed`` anchor samples, so that they make up ``share`` of a run's draws
+    whatever the number of saved labels' samples (weighted ``label_weights``)."""
+    if not 0 <= share < 1:
+        raise ValueError(f"train.anchor_share must be at least 0 and below 1, got {share}")
+    if replayed == 0:
+        return np.zeros(0)
+    return np.full(replayed, share / (1 - share) * float(np.sum(label_weights)) / replayed)
+
+
+class AnchorMetrics:
+    """Each version's gate metrics on the anchor set, in a JSON file beside the versions: measured once per
+    version (with the best state of the run that made it, or by the first run from a starting version), so
+    a run does not validate the served version on the anchor again. Keyed by the version, the model, how
+    many anchor slices a run takes and the anchor file's content; an unreadable file is only a miss."""
+
+    def __init__(self, path: Path, model_version: str, max_slices: int, anchor_file: Path = ANCHOR_FILE):
+        self.path = Path(path)
+        digest = hashlib.sha256(Path(anchor_file).read_bytes()).hexdigest()[:16]
+        self.suffix = f"{model_version}:{max_slices}:{GATE_CLICKS}:{digest}"
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            logger.warning("anchor metrics: ignoring unreadable %s (%s)", self.path, e)
+            return {}
+
+    def get(self, version: str) -> dict[str, float] | None:
+        return self._read().get(f"{version}@{self.suffix}")
+
+    def put(self, version: str, metrics: dict[str, float]) -> None:
+        """Kept only when there were anchor targets (``metrics`` not empty). The trainer is the only
+        writer, one run at a time."""
+        if metrics:
+            write_json(self.path, {**self._read(), f"{version}@{self.suffix}": metrics})
 
 
 def _spread(items: list[int], n: int) -> set[int]:

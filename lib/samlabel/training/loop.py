@@ -30,7 +30,8 @@ from samlabel.adapters.layers import (
     set_trainable,
     trainable_filter,
 )
-from samlabel.evaluation.metrics import box_dice, click_dice, largest_slice
+from samlabel.adapters.versions import GATE_CLICKS
+from samlabel.evaluation.metrics import box_dice, click_dice, largest_slice, targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.geometry import SliceGeometry
 from samlabel.training.samples import SliceSample
@@ -80,6 +81,12 @@ class ValTarget:
 VALIDATION_CLICKS = 10
 
 
+def validation_targets(name: str, volume01: np.ndarray, label: np.ndarray, min_size: int) -> list[ValTarget]:
+    """One target per object of each label value in a held-out image (validated on its largest slice)."""
+    values = {str(v): int(v) for v in np.unique(label) if v > 0}
+    return [ValTarget(f"{name}/{t}", volume01, mask) for t, mask in targets(label, values, min_size).items()]
+
+
 def spread(targets: list[ValTarget], limit: int) -> list[ValTarget]:
     """At most ``limit`` of ``targets`` (all for 0), evenly spaced over the list so that every image keeps
     some: validation time grows with the objects validated, not with the labels saved."""
@@ -88,21 +95,20 @@ def spread(targets: list[ValTarget], limit: int) -> list[ValTarget]:
     return [targets[int(i)] for i in np.linspace(0, len(targets) - 1, limit).round()]
 
 
-def validate(engine: SamEngine, targets: list[ValTarget]) -> dict[str, float]:
-    """Mean Dice after 1, 3, 5 and 10 simulated clicks, its mean over clicks 1..10 (the area under the
-    Dice-vs-clicks curve, which falls when a click undoes earlier ones) and with a box, on each target's
-    largest slice."""
+def validate(engine: SamEngine, targets: list[ValTarget], clicks: int = VALIDATION_CLICKS) -> dict[str, float]:
+    """Mean Dice after 1, 3, 5 and 10 simulated clicks (those of them within ``clicks``), with a box, and,
+    for a full run of 10 clicks, its mean over clicks 1..10 (the area under the Dice-vs-clicks curve, which
+    falls when a click undoes earlier ones); on each target's largest slice."""
+    names = [f"dice_{n}" for n in (1, 3, 5, 10) if n <= clicks]
+    full = clicks >= VALIDATION_CLICKS
     rows = []
     for t in targets:
         k = largest_slice(t.truth)
-        clicks = click_dice(engine, t.volume01, t.truth, k, VALIDATION_CLICKS)
-        auc = float(np.mean(clicks))
-        rows.append([clicks[0], clicks[2], clicks[4], clicks[9], auc, box_dice(engine, t.volume01, t.truth, k)])
-    mean = np.mean(rows, axis=0)
-    return {
-        name: float(m)
-        for name, m in zip(("dice_1", "dice_3", "dice_5", "dice_10", "dice_auc", "dice_box"), mean, strict=True)
-    }
+        curve = click_dice(engine, t.volume01, t.truth, k, clicks)
+        row = [curve[int(name.split("_")[1]) - 1] for name in names]
+        rows.append(row + ([float(np.mean(curve))] if full else []) + [box_dice(engine, t.volume01, t.truth, k)])
+    keys = names + (["dice_auc"] if full else []) + ["dice_box"]
+    return {name: float(m) for name, m in zip(keys, np.mean(rows, axis=0), strict=True)}
 
 
 def score(metrics: dict[str, float]) -> float:
@@ -137,13 +143,16 @@ def train_adapter(
     loss: InteractiveLoss | None = None,
     sample_weights: np.ndarray | None = None,
     anchor_targets: list[ValTarget] | None = None,
+    anchor_before: dict[str, float] | None = None,
 ) -> dict:
     """Train ``engine.model`` (prepared by :func:`prepare_model`) in place; write the best as an adapter file.
 
     ``sample_weights`` make some samples (e.g. from newly saved labels) come up more often; without
-    them each pass visits every sample once. ``anchor_targets`` (the anchor set's) are validated before
-    training and with the best state, for the gate; they never choose the best state. The file keeps the
-    parts the engine's adapter already had, so a decoder-only run on top of encoder adapters keeps them.
+    them each pass visits every sample once. ``anchor_targets`` (the anchor set's) are validated, as far as the
+    gate looks (:data:`~samlabel.adapters.versions.GATE_CLICKS`), before training (unless ``anchor_before``
+    already holds the served version's figures) and with the best state; they never choose the best state.
+    The file keeps the parts the engine's adapter already had, so a decoder-only run on top of encoder
+    adapters keeps them.
     Returns the report: validation before and during training, the best metrics, the trainable share.
     """
     if engine.runtime != "torch":  # an exported graph would validate the weights it was exported with
@@ -193,14 +202,14 @@ def train_adapter(
     best: dict = {"score": -1.0}
     validation_seconds = 0.0
 
-    def measure(targets: list[ValTarget] | None) -> dict[str, float]:
+    def measure(targets: list[ValTarget] | None, clicks: int = VALIDATION_CLICKS) -> dict[str, float]:
         """:func:`validate` on the model as it stands (none without targets), timed."""
         nonlocal validation_seconds
         began_validation = time.time()
         model.eval()
         if "adapters" in settings.parts:
             engine.embeddings.clear()  # the encoder's adapters changed under the same version
-        metrics = validate(engine, targets) if targets else {}
+        metrics = validate(engine, targets, clicks) if targets else {}
         validation_seconds += time.time() - began_validation
         return metrics
 
@@ -213,7 +222,8 @@ def train_adapter(
             best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
 
     began = time.time()
-    anchor_before = measure(anchor_targets)
+    if anchor_before is None:
+        anchor_before = measure(anchor_targets, GATE_CLICKS)
     trainer.add_event_handler(Events.STARTED, run_validation)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=settings.val_every), run_validation)
     trainer.run(batches(), epoch_length=settings.steps, max_epochs=1)
@@ -221,7 +231,7 @@ def train_adapter(
         run_validation(trainer)
 
     model.load_state_dict(best["state"], strict=False)
-    anchor_best = measure(anchor_targets)
+    anchor_best = measure(anchor_targets, GATE_CLICKS)
     model.eval()
     kept = engine.adapter.parts if engine.adapter else ()
     kind = adapter_kind(model) or "plain"

@@ -1,10 +1,11 @@
 """Training samples: one 2-D object on one slice, with the slice's image embedding.
 
 The image encoder's base weights are frozen; while the adapters are not trained (the CPU recipe) the
-embedding of a slice never changes, so it is computed once, through the serving engine (and its cache),
-and every click-simulation step reuses it. When SD-Trans adapters train, a sample also carries its
-slice's stack (the slices the engine encodes together). Volumes get MONAI intensity and flip
-augmentation first.
+embedding of a slice never changes, so it is taken through the serving engine (its cache, and the
+server's embedding store on disk) and every click-simulation step reuses it; such a run trains on the
+slices as saved. When the encoder trains it runs on every step anyway, and volumes get MONAI intensity
+and flip augmentation first (:func:`augmentation`). When SD-Trans adapters train, a sample also carries
+its slice's stack (the slices the engine encodes together).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def augmentation(seed: int) -> Compose:
     return transforms
 
 
+def training_slices(label: np.ndarray, slice_step: int) -> list[int]:
+    """Every ``slice_step``-th slice that holds a label: the slices a run takes samples from."""
+    return [int(k) for k in np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]]
+
+
 def slice_samples(
     engine: SamEngine,
     volumes: list[tuple[str, np.ndarray, np.ndarray]],
@@ -69,7 +75,7 @@ def slice_samples(
                 data = augment({"image": volume01[None], "label": label[None]})
                 volume01 = np.clip(np.asarray(data["image"][0], dtype=np.float32), 0, 1)
                 label = np.asarray(data["label"][0]).astype(label.dtype)
-            ks = np.flatnonzero(label.any(axis=(0, 1)))[::slice_step]
+            ks = training_slices(label, slice_step)
             stacks: dict[tuple[int, ...], torch.Tensor] = {}  # shared by the samples of one stack
             for k in ks:
                 objects = [

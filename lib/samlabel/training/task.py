@@ -26,11 +26,17 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from samlabel.adapters.versions import AdapterVersions, VersionRecord, now, publish_decision
 from samlabel.config import AppConfig
 from samlabel.datastore.local import image_id
-from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
-from samlabel.training.anchor import load_anchor_set
-from samlabel.training.loop import TrainSettings, ValTarget, make_optimizer, prepare_model, spread, train_adapter
+from samlabel.training.anchor import AnchorMetrics, anchor_weights, load_anchor_set
+from samlabel.training.loop import (
+    TrainSettings,
+    make_optimizer,
+    prepare_model,
+    spread,
+    train_adapter,
+    validation_targets,
+)
 from samlabel.training.samples import augmentation, slice_samples
 from samlabel.training.step import InteractiveLoss
 
@@ -103,24 +109,24 @@ class SamAdapterTrain(BasicTrainTask):
         prepare_model(context.engine, context.settings)
         context.network = self.network(context)
         train_volumes = [load_pair(item, self.cfg) for item in train_list]
+        # augmented slices need the encoder afresh; a run with a frozen encoder trains on the slices as
+        # saved, whose embeddings the server already computed (the embedding store)
+        augment = self.train_pre_transforms(context) if "adapters" in context.settings.parts else None
         samples = slice_samples(
-            context.engine,
-            train_volumes,
-            int(request["slice_step"]),
-            augment=self.train_pre_transforms(context),
-            min_size=self.cfg.min_object_voxels,
+            context.engine, train_volumes, int(request["slice_step"]), augment, self.cfg.min_object_voxels
         )
         anchor = load_anchor_set(int(request["anchor_slices"]))
-        samples += slice_samples(context.engine, anchor.replay, 1, min_size=self.cfg.min_object_voxels)  # replayed
+        anchor_metrics = AnchorMetrics(
+            self.versions.root / "anchor_metrics.json", context.engine.version, int(request["anchor_slices"])
+        )
+        replayed = slice_samples(context.engine, anchor.replay, 1, min_size=self.cfg.min_object_voxels)
         new_weight = float(request["new_label_weight"])
         weights = np.array([new_weight if s.volume in new_labels else 1.0 for s in samples])
+        weights = np.concatenate([weights, anchor_weights(weights, len(replayed), float(request["anchor_share"]))])
+        samples += replayed
         val_volumes = [load_pair(item, self.cfg) for item in val_list] or train_volumes
         val_targets = [
-            ValTarget(f"{name}/{t}", volume01, mask)
-            for name, volume01, label in val_volumes
-            for t, mask in targets(
-                label, {str(v): int(v) for v in np.unique(label) if v > 0}, self.cfg.min_object_voxels
-            ).items()
+            t for pair in val_volumes for t in validation_targets(*pair, min_size=self.cfg.min_object_voxels)
         ]
         val_targets = spread(val_targets, int(request["val_max_targets"]))
         version = self.versions.next_version()
@@ -136,7 +142,10 @@ class SamAdapterTrain(BasicTrainTask):
             loss=self.loss_function(context),
             sample_weights=weights,
             anchor_targets=anchor.validate,
+            anchor_before=anchor_metrics.get(served.version),
         )
+        anchor_metrics.put(served.version, report["anchor"]["before"])
+        anchor_metrics.put(version, report["anchor"]["best"])
         clock["trained"] = time.time()
         record = self._publish(version, served, report, labels, new_labels, [n for n, _, _ in val_volumes], request)
         clock["published"] = time.time()

@@ -83,7 +83,7 @@ def run_peers(args, volume_path: Path, label: np.ndarray, work: Path) -> dict:
 def litemedsam_server(args, studies: Path, labels: dict, truths: dict, out: Path) -> dict:
     def body(timer, client, url, proc):
         timer.infer("", "sam_2d", "warmup", {"foreground": [[128, 128, 1]], "slice": 1})  # first-request costs
-        timer.wait_prefetch()
+        timer.server.wait_for_background()
         clicks_image = "clicks"
         depth = labels[clicks_image].shape[2]
         slices = [int(k) for k in np.linspace(8, depth - 9, args.first_clicks)]
@@ -93,10 +93,12 @@ def litemedsam_server(args, studies: Path, labels: dict, truths: dict, out: Path
         ]
         memory_images = {k: labels[k] for k in list(labels)[1 : 1 + args.memory_volumes]}
         memory = memory_over_clicks(timer, proc.pid, memory_images, args.memory_clicks)
-        tuning = fine_tuning_round(client, truths, timeout=3600) if args.train_steps else None
+        tuning = fine_tuning_round(client, truths, timeout=3600) if args.train_steps != 0 else None
         return {"paths": timer.summary(), "sam_3d": volumes, "memory": memory, "fine_tuning": tuning}
 
-    conf = ["train_every", "5", "train.max_steps", str(args.train_steps), "train.val_every", str(args.train_steps)]
+    conf = ["train_every", "5"]
+    if args.train_steps:  # else the app's own recipe
+        conf += ["train.max_steps", str(args.train_steps), "train.val_every", str(args.train_steps)]
     conf += ["model_dir", str(studies.parent / "model_litemedsam")]  # its own adapter versions
     start = lambda s, log: start_server(s, log, *conf)  # noqa: E731
     return run_with_server(start, stop_server, studies, out / "server_litemedsam.log", body)
@@ -216,7 +218,9 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--further", type=int, default=5, help="further clicks per slice, per stage")
     parser.add_argument("--memory-clicks", type=int, default=500)
     parser.add_argument("--memory-volumes", type=int, default=5)
-    parser.add_argument("--train-steps", type=int, default=30, help="steps of the fine-tuning round (0: skip)")
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="steps of the fine-tuning round (default: the app's; 0: skip)"
+    )
     parser.add_argument("--peer-clicks", type=int, default=9)
     parser.add_argument("--throughput-passes", type=int, default=3, help="encoder passes timed (x4 for LiteMedSAM)")
     parser.add_argument("--no-sam2", dest="sam2", action="store_false", help="skip MONAI Label's SAM2 peer")

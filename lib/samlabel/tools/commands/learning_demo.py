@@ -7,8 +7,9 @@ background and publishes the new version if the gate passes. Before the first ro
 held-out hearts (never labelled) and held-out CT phantoms (the old domain) are segmented through the
 server with simulated clicks: Dice after 1 and 3 clicks on each object's largest slice.
 
-    scripts/learning_demo [--rounds 3] [--per-round 5] [--steps 120] [--out results/learning_demo]
-Writes OUT.json and OUT.png. Fixed seeds; about 40 minutes on 2 CPU cores.
+    scripts/learning_demo [--rounds 3] [--per-round 5] [--steps N] [--out results/learning_demo]
+Writes OUT.json and OUT.png. Fixed seeds. Each run uses the app's own training recipe (``train`` in
+configs/app.yaml) unless --steps sets its max_steps.
 
 With --real (after scripts/make_sample_data --real), the new domain is real anatomy the click starter
 never saw: deep grey-matter nuclei of the Colin27 T1 brain (AAL atlas masks, hand-drawn). Each round the
@@ -16,7 +17,7 @@ never saw: deep grey-matter nuclei of the Colin27 T1 brain (AAL atlas masks, han
 pallidum + thalamus, then hippocampus + amygdala); every save starts a run (train_every 1). The right
 hemisphere (no voxel shared with the left) is held out; the old domain is the real CT/MR eval split.
 
-    scripts/learning_demo --real [--steps 120] [--out results/real/learning_demo]
+    scripts/learning_demo --real [--steps N] [--out results/real/learning_demo]
 
 The default paths (data/real, results/...) are relative to the working directory (the repository's root
 when run as scripts/learning_demo).
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=120, help="train.max_steps of each run (CPU budget)")
+    parser.add_argument("--steps", type=int, default=None, help="train.max_steps of each run (default: the app's)")
     parser.add_argument("--real", action="store_true", help="learn real brain nuclei (data/real, see above)")
     parser.add_argument("--data", type=Path, default=Path("data/real"), help="the real split (with --real)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/learning_demo (results/real/...)")
@@ -195,8 +196,9 @@ def main(argv: list[str] | None = None) -> int | None:
     demo = real_demo(work, args.data) if args.real else phantom_demo(work, args.rounds, args.per_round)
     per_round = len(demo.saves[0])
     conf = ["labels", demo.labels, "model_dir", str(work / "model")]
-    conf += ["train_every", str(per_round), "train.max_steps", str(args.steps)]
-    conf += ["train.val_every", str(max(args.steps // 3, 1))]
+    conf += ["train_every", str(per_round)]
+    if args.steps:
+        conf += ["train.max_steps", str(args.steps), "train.val_every", str(max(args.steps // 3, 1))]
     proc, url = start_server(work / "studies", work / "server.log", *conf)
     began = time.time()
     try:
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int | None:
                 runs_before = server.runs_started()
                 for image_id, label_file in demo.saves[r - 1]:
                     client.save_label(image_id, str(label_file), tag="final")
+                saved = time.monotonic()
                 task = server.wait_for_run(runs_before, timeout=3600)
                 stats = server.train_stats()
                 rounds.append(
@@ -221,6 +224,8 @@ def main(argv: list[str] | None = None) -> int | None:
                         "reason": stats["reason"],
                         "served": stats["served"],
                         "run_seconds": stats["seconds"],
+                        "last_save_to_run_end_seconds": round(time.monotonic() - saved, 1),
+                        "train_settings": stats.get("settings"),
                         "validation_before": stats["before"],
                         "validation_best": stats["best"],
                     }
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int | None:
         "what": "held-out Dice after 1 and 3 simulated clicks through a real server, before and after each round",
         "command": " ".join(["scripts/learning_demo", *argv]),
         **demo.description,
-        "settings": {"rounds": len(demo.saves), "per_round": per_round, "max_steps": args.steps},
+        "settings": {"rounds": len(demo.saves), "per_round": per_round, "train": rounds[-1].get("train_settings")},
         "device": "cpu (2 cores)",
         "minutes": round((time.time() - began) / 60, 1),
         "gain_dice_1_new_domain": last["new_domain"]["dice_1"] - first["new_domain"]["dice_1"],

@@ -1,0 +1,96 @@
+"""``sam_3d`` that a radiologist can correct: clicks on any slice fix the 3-D mask.
+
+Like ``sam_2d``'s refinement (:mod:`samlabel.inference.refinement`), the state is kept per image, model
+version, label, box and the viewer's whole click set, and a request starts from the 3-D result of the
+largest strict subset of its clicks: two viewers never share a result, and ``reset_state`` starts over.
+
+Every slice that holds clicks (or the box) is an anchor. A request re-segments the anchors whose clicks
+changed, each with all its clicks and the current mask on it as ``mask_input``, and re-propagates from
+each of them both ways until a slice's new mask agrees with what is there (Dice at least
+``propagation_agreement``: the rest is kept), the next anchor, or the object's end. Where the object
+ends with no anchor beyond, what the previous result had further on is dropped (a leak); towards another
+anchor, the rest is that anchor's. Finally only slices joined to an anchor with a mask by unbroken masks
+stay, so a background click that empties a slice cuts off everything behind it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from samlabel.evaluation.metrics import dice
+from samlabel.inference.engine import SamEngine, SliceResult
+from samlabel.inference.prompts import Prompt
+from samlabel.inference.propagation import PropagationSettings, walk
+from samlabel.inference.refinement import RefinementStore, segment_prompt
+
+
+@dataclass(frozen=True)
+class Result3D:
+    """One request's 3-D result: each slice's result, and the clicks each anchor had."""
+
+    slices: dict[int, SliceResult]
+    anchors: dict[int, frozenset[tuple[int, int, int]]]
+
+
+def joined(slices: dict[int, SliceResult], anchors: list[int]) -> dict[int, SliceResult]:
+    """The slices reached from an anchor with a mask through consecutive slices with masks."""
+    filled = {k for k, r in slices.items() if r.mask.any()}
+    kept = set()
+    for a in anchors:
+        for step in (-1, 1):
+            k = a
+            while k in filled:
+                kept.add(k)
+                k += step
+    return {k: slices[k] for k in sorted(kept)}
+
+
+def segment_3d(
+    engine: SamEngine,
+    states: RefinementStore,
+    slices_2d: RefinementStore,
+    volume01: np.ndarray,
+    prompt: Prompt,
+    image_key: str,
+    settings: PropagationSettings,
+) -> tuple[dict[int, np.ndarray], dict]:
+    """The request's slice masks ``{k: (H, W) bool}`` and what was done: ``corrected`` (the anchors
+    re-segmented), ``refined`` (whether the result of a subset of these clicks was the start) and the
+    prompt slice's ``iou``. ``slices_2d`` is ``sam_2d``'s store: a new anchor refines what ``sam_2d``
+    showed on that slice."""
+    lo, hi = prompt.k_range if prompt.k_range else (0, volume01.shape[2] - 1)
+    context = (image_key, engine.version, prompt.label_name, prompt.box, prompt.slice if prompt.box else None, lo, hi)
+    clicks = frozenset(prompt.clicks)
+    if prompt.reset:
+        states.forget(context)
+    before: Result3D | None = None if prompt.reset else states.previous(context, clicks)
+    result = dict(before.slices) if before else {}
+    anchors = [a for a in prompt.clicked_slices() if lo <= a <= hi] or [prompt.slice]
+    keys = {a: prompt.at(a).points_key() for a in anchors}
+    changed = [a for a in anchors if before is None or before.anchors.get(a) != keys[a]]
+    for a in changed:
+        previous = result[a].logits if a in result else None
+        start, _ = segment_prompt(engine, slices_2d, volume01, prompt.at(a), image_key, mask_input=previous)
+        result[a] = start
+        if not start.mask.any():
+            continue
+        for step in (-1, 1):
+            beyond = [b for b in anchors if (b - a) * step > 0]
+            last = min(beyond, key=lambda b: abs(b - a)) - step if beyond else (lo if step < 0 else hi)
+            ended_at = a + step  # the first slice the walk did not reach
+            for k, new in walk(engine, volume01, a, start, last, settings):
+                if k in result and dice(new.mask, result[k].mask) >= settings.agreement:
+                    ended_at = None  # what is there from here on stands
+                    break
+                result[k] = new
+                ended_at = k + step
+            if ended_at is not None and not beyond:  # the object ends here: drop a leak beyond
+                for k in range(ended_at, last + step, step):
+                    result.pop(k, None)
+    result = joined(result, anchors)
+    states.remember(context, clicks, Result3D(result, keys))
+    masks = {k: r.mask for k, r in result.items()}
+    iou = round(result[prompt.slice].iou, 4) if prompt.slice in result else None
+    return masks, {"corrected": changed, "refined": before is not None, "iou": iou}

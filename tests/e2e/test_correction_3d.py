@@ -1,0 +1,82 @@
+"""A 3-D mask that can be corrected, through the real server: clicks on another slice fix a ``sam_3d``
+result where its first propagation stopped, per click set, and ``reset_state`` starts over.
+
+The phantom is a bright tube whose cross-section jumps sideways half-way up: propagation from a click
+below the jump stops there, as it does at a real organ's sharp bend or a gap in contrast.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monailabel.client import MONAILabelClient
+
+from samlabel.evaluation.metrics import dice
+
+pytestmark = pytest.mark.slow
+IMAGE = "shifted_tube"
+JUMP = 16  # first slice of the upper part
+BELOW, ABOVE = (40, 40), (88, 84)  # the tube's centre below and above the jump
+
+
+def shifted_tube() -> tuple[nib.Nifti1Image, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (128, 128, 32)).astype(np.float32)
+    truth = np.zeros(image.shape, dtype=bool)
+    ii, jj = np.mgrid[:128, :128]
+    for k in range(4, 28):
+        ci, cj = BELOW if k < JUMP else ABOVE
+        truth[..., k] = (ii - ci) ** 2 + (jj - cj) ** 2 <= 14**2
+    image[truth] = rng.normal(600, 20, int(truth.sum()))
+    return nib.Nifti1Image(image, np.diag([1.0, 1.0, 3.0, 1.0])), truth
+
+
+@pytest.fixture(scope="module")
+def tube(server, tmp_path_factory) -> tuple[MONAILabelClient, np.ndarray]:
+    folder = tmp_path_factory.mktemp("tube")
+    image, truth = shifted_tube()
+    nib.save(image, folder / f"{IMAGE}.nii.gz")
+    client = MONAILabelClient(server, tmpdir=str(folder))
+    client.upload_image(str(folder / f"{IMAGE}.nii.gz"), IMAGE)
+    return client, truth
+
+
+def sam_3d(client: MONAILabelClient, params: dict) -> tuple[np.ndarray, dict]:
+    path, result = client.infer("sam_3d", IMAGE, {"label": "liver", **params})
+    return np.asarray(nib.load(path).dataobj) > 0, result
+
+
+def test_a_click_on_a_far_slice_extends_a_3d_mask_that_stopped_early(tube):
+    client, truth = tube
+    first_click = [BELOW[0], BELOW[1], 10]
+    first, r1 = sam_3d(client, {"foreground": [first_click]})
+    assert r1["slices"][1] < JUMP, f"precondition: the first propagation stops at the jump ({r1['slices']})"
+    assert not r1["refined"] and r1["corrected"] == [10]
+
+    corrected, r2 = sam_3d(client, {"foreground": [first_click, [ABOVE[0], ABOVE[1], 22]]})
+    assert r2["refined"] and r2["corrected"] == [22], "only the newly clicked slice is redone"
+    assert dice(corrected, truth) >= dice(first, truth) + 0.3, (dice(first, truth), dice(corrected, truth))
+    assert dice(corrected, truth) >= 0.85
+    below = truth[..., :JUMP].any(axis=(0, 1))
+    assert np.array_equal(corrected[..., below], first[..., below]), "the part already right is kept as it was"
+
+
+def test_clicks_on_several_slices_in_one_request_are_all_honoured(tube):
+    """3D Slicer sends every point of a dimension-3 model, on whichever slices they were placed."""
+    client, truth = tube
+    both, result = sam_3d(client, {"foreground": [[*BELOW, 9], [*ABOVE, 21]]})
+    assert result["corrected"] == [9, 21] and not result["refined"]
+    assert dice(both, truth) >= 0.85
+
+
+def test_3d_state_is_per_click_set_and_reset_starts_over(tube):
+    client, truth = tube
+    mine = [[*BELOW, 11]]
+    sam_3d(client, {"foreground": mine})
+    theirs = sam_3d(client, {"foreground": [[BELOW[0] + 3, BELOW[1], 12], [*ABOVE, 23]]})[1]
+    assert not theirs["refined"], "another annotator's clicks never start from my result"
+    mine_again = sam_3d(client, {"foreground": [*mine, [*ABOVE, 24]]})[1]
+    assert mine_again["refined"] and mine_again["corrected"] == [24]
+    reset = sam_3d(client, {"foreground": [*mine, [*ABOVE, 24]], "reset_state": True})[1]
+    assert not reset["refined"] and reset["corrected"] == [11, 24]

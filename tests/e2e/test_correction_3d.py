@@ -13,6 +13,7 @@ import pytest
 from monailabel.client import MONAILabelClient
 
 from samlabel.evaluation.metrics import dice
+from samlabel.tools.server_evaluation import Case, evaluate_server
 
 pytestmark = pytest.mark.slow
 IMAGE = "shifted_tube"
@@ -33,13 +34,14 @@ def shifted_tube() -> tuple[nib.Nifti1Image, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tube(server, tmp_path_factory) -> tuple[MONAILabelClient, np.ndarray]:
+def tube(server, tmp_path_factory) -> tuple[MONAILabelClient, np.ndarray, Case]:
     folder = tmp_path_factory.mktemp("tube")
     image, truth = shifted_tube()
     nib.save(image, folder / f"{IMAGE}.nii.gz")
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), image.affine), folder / "truth.nii.gz")
     client = MONAILabelClient(server, tmpdir=str(folder))
     client.upload_image(str(folder / f"{IMAGE}.nii.gz"), IMAGE)
-    return client, truth
+    return client, truth, Case(IMAGE, folder / f"{IMAGE}.nii.gz", folder / "truth.nii.gz")
 
 
 def sam_3d(client: MONAILabelClient, params: dict) -> tuple[np.ndarray, dict]:
@@ -48,7 +50,7 @@ def sam_3d(client: MONAILabelClient, params: dict) -> tuple[np.ndarray, dict]:
 
 
 def test_a_click_on_a_far_slice_extends_a_3d_mask_that_stopped_early(tube):
-    client, truth = tube
+    client, truth, _ = tube
     first_click = [BELOW[0], BELOW[1], 10]
     first, r1 = sam_3d(client, {"foreground": [first_click]})
     assert r1["slices"][1] < JUMP, f"precondition: the first propagation stops at the jump ({r1['slices']})"
@@ -64,14 +66,14 @@ def test_a_click_on_a_far_slice_extends_a_3d_mask_that_stopped_early(tube):
 
 def test_clicks_on_several_slices_in_one_request_are_all_honoured(tube):
     """3D Slicer sends every point of a dimension-3 model, on whichever slices they were placed."""
-    client, truth = tube
+    client, truth, _ = tube
     both, result = sam_3d(client, {"foreground": [[*BELOW, 9], [*ABOVE, 21]]})
     assert result["corrected"] == [9, 21] and not result["refined"]
     assert dice(both, truth) >= 0.85
 
 
 def test_3d_state_is_per_click_set_and_reset_starts_over(tube):
-    client, truth = tube
+    client, truth, _ = tube
     mine = [[*BELOW, 11]]
     sam_3d(client, {"foreground": mine})
     theirs = sam_3d(client, {"foreground": [[BELOW[0] + 3, BELOW[1], 12], [*ABOVE, 23]]})[1]
@@ -80,3 +82,16 @@ def test_3d_state_is_per_click_set_and_reset_starts_over(tube):
     assert mine_again["refined"] and mine_again["corrected"] == [24]
     reset = sam_3d(client, {"foreground": [*mine, [*ABOVE, 24]], "reset_state": True})[1]
     assert not reset["refined"] and reset["corrected"] == [11, 24]
+
+
+def test_the_3d_simulated_user_and_the_challenge_protocol_through_the_server(tube):
+    """scripts/evaluate's 3-D protocols: each click in the largest 3-D error region, and the CVPR 2025
+    challenge's middle-slice box with its z-range, then 5 clicks."""
+    client, _, case = tube
+    clicks = evaluate_server(client, [case], "sam_3d", "clicks_3d", max_clicks=5, reported=(1, 3, 5), noc_at=(0.85,))
+    target = clicks["per_image"][IMAGE]["objects"]["label_1"]
+    assert target["dice_1"] < 0.85 <= target["dice_5"], target  # one click stops at the jump, a second fixes it
+    assert target["noc85"] <= 3 and clicks["dice_by_clicks"][-1] == target["dice_5"]
+    challenge = evaluate_server(client, [case], "sam_3d", "challenge")["per_image"][IMAGE]["objects"]["label_1"]
+    assert len(challenge["dice"]) == 5 and challenge["dice_final"] == challenge["dice"][-1] >= challenge["dice_box"]
+    assert challenge["dice_final"] >= 0.85 and 0 < challenge["dice_auc"] <= 4 and challenge["seconds"] > 0

@@ -72,3 +72,20 @@ def test_bad_prompts_raise_clear_errors(params, message):
     with pytest.raises(PromptError, match=None) as info:
         parse_prompt(params, SHAPE, LABELS)
     assert message in str(info.value)
+
+
+def test_a_3d_prompt_keeps_every_slices_clicks_and_the_roi_box_on_its_own_slice():
+    """sam_3d honours clicks on every slice (Slicer's dimension-3 points), and the challenge-style roi (a
+    middle-slice box with a z-range) stays on its slice whichever slice the later clicks are on."""
+    params = {"roi": [10, 40, 20, 50, 8, 20], "slice": 14, "foreground": [[25, 30, 14], [26, 31, 18]]}
+    params["background"] = [[12, 22, 18]]
+    p = parse_prompt(params, SHAPE, LABELS)
+    assert p.clicked_slices() == [14, 18] and p.box_slice == 14
+    on_18 = p.at(18)
+    assert on_18.box is None and on_18.points_ij.tolist() == [[26, 31], [12, 22]]
+    assert on_18.point_labels.tolist() == [1, 0]
+    assert p.at(14).box == (10, 40, 20, 50) and p.at(14).points_ij.tolist() == [[25, 30]]
+    later = parse_prompt(
+        {**params, "slice": None, "foreground": [[25, 30, 14], [26, 31, 18], [27, 28, 19]]}, SHAPE, LABELS
+    )
+    assert later.slice == 19 and later.box_slice == 14 and later.clicked_slices() == [14, 18, 19]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from samlabel.evaluation.simulated_user import next_click
+from samlabel.evaluation.simulated_user import next_click, next_click_3d
 
 
 def disk(shape, centre, radius):
@@ -31,3 +31,18 @@ def test_exact_prediction_needs_no_click_and_empty_target_gets_none():
     truth = disk((30, 30), (15, 15), 5)
     assert next_click(truth, truth) is None
     assert next_click(np.zeros((5, 5), bool), None) is None
+
+
+def test_3d_clicks_go_to_the_centre_of_the_largest_3d_error_on_its_own_slice():
+    truth = np.zeros((40, 40, 20), dtype=bool)
+    truth[10:30, 10:30, 2:18] = True
+    first = next_click_3d(truth, None)
+    assert first[3] == 1 and 16 <= first[0] <= 23 and 16 <= first[1] <= 23 and first[2] in (9, 10), first
+    stopped_early = truth.copy()
+    stopped_early[..., 12:] = False  # a propagation that stopped at slice 12
+    i, j, k, label = next_click_3d(truth, stopped_early)
+    assert label == 1 and 12 <= k <= 17 and 10 <= i < 30 and 10 <= j < 30, "into the missed part, on a missed slice"
+    leaked = truth.copy()
+    leaked[5:35, 5:35, 18:] = True  # a leak past the target's end
+    assert next_click_3d(truth, leaked)[3] == 0 and next_click_3d(truth, leaked)[2] >= 18
+    assert next_click_3d(truth, truth) is None

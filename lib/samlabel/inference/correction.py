@@ -61,7 +61,7 @@ def segment_3d(
     prompt slice's ``iou``. ``slices_2d`` is ``sam_2d``'s store: a new anchor refines what ``sam_2d``
     showed on that slice."""
     lo, hi = prompt.k_range if prompt.k_range else (0, volume01.shape[2] - 1)
-    context = (image_key, engine.version, prompt.label_name, prompt.box, prompt.slice if prompt.box else None, lo, hi)
+    context = (image_key, engine.version, prompt.label_name, prompt.roi_box, prompt.box_slice, lo, hi)
     clicks = frozenset(prompt.clicks)
     if prompt.reset:
         states.forget(context)

@@ -26,8 +26,9 @@ class Prompt:
 
     ``points_ij`` is Nx2 ``(i, j)`` on slice ``slice``; ``point_labels`` is N (1 foreground, 0 background);
     ``box`` is an inclusive ``(i0, i1, j0, j1)`` on that slice; ``k_range`` the roi's inclusive slice range.
-    ``clicks`` holds every click of the request, ``(i, j, k, label)``, on whichever slice (``sam_3d``
-    honours them all, see :meth:`at`).
+    ``clicks`` holds every click of the request, ``(i, j, k, label)``, on whichever slice, and ``roi_box``
+    the roi's ``(i0, i1, j0, j1)`` on its own slice ``box_slice`` (``slice`` if inside the roi, else its
+    middle): ``sam_3d`` honours them all (see :meth:`at`).
     """
 
     slice: int
@@ -39,6 +40,8 @@ class Prompt:
     label_value: int
     reset: bool
     clicks: tuple[tuple[int, int, int, int], ...] = ()
+    roi_box: tuple[int, int, int, int] | None = None
+    box_slice: int | None = None
 
     @property
     def kind(self) -> str:
@@ -47,15 +50,15 @@ class Prompt:
         return "+".join(parts)
 
     def clicked_slices(self) -> list[int]:
-        """The slices that hold clicks, and the prompt's slice if it has a box, in order."""
-        return sorted({k for _, _, k, _ in self.clicks} | ({self.slice} if self.box else set()))
+        """The slices that hold clicks, and the roi's box slice, in order."""
+        return sorted({k for _, _, k, _ in self.clicks} | ({self.box_slice} if self.roi_box else set()))
 
     def at(self, k: int) -> Prompt:
-        """The prompt on slice ``k``: the clicks there, and the box if ``k`` is the box's slice."""
+        """The prompt on slice ``k``: the clicks there, and the roi's box if ``k`` is its slice."""
         here = [(i, j, lab) for i, j, kk, lab in self.clicks if kk == k]
         points = np.array([(i, j) for i, j, _ in here], dtype=np.int64).reshape(-1, 2)
         labels = np.array([lab for _, _, lab in here], dtype=np.int64)
-        box = self.box if k == self.slice else None
+        box = self.roi_box if k == self.box_slice else None
         return replace(self, slice=k, points_ij=points, point_labels=labels, box=box)
 
     def points_key(self) -> frozenset[tuple[int, int, int]]:
@@ -135,7 +138,11 @@ def parse_prompt(
     else:
         k = (k_range[0] + k_range[1]) // 2
 
-    box = roi[:4] if roi and k_range[0] <= k <= k_range[1] else None
+    box = roi[:4] if roi and k_range[0] <= k <= k_range[1] else None  # sam_2d: on the clicked slice
+    box_slice = None
+    if roi:
+        inside = requested is not None and k_range[0] <= requested <= k_range[1]
+        box_slice = requested if inside else (k_range[0] + k_range[1]) // 2
 
     name = params.get("label") or next(iter(labels))
     if not isinstance(name, str) or name not in labels:
@@ -144,4 +151,6 @@ def parse_prompt(
     reset = reset if isinstance(reset, bool) else str(reset).lower() in ("1", "true", "yes")
     clicks = tuple((i, j, kk, 1) for i, j, kk in fg) + tuple((i, j, kk, 0) for i, j, kk in bg)
     none = np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return Prompt(k, *none, box, k_range, name, int(labels[name]), reset, clicks).at(k)
+    roi_box = roi[:4] if roi else None
+    prompt = Prompt(k, *none, None, k_range, name, int(labels[name]), reset, clicks, roi_box, box_slice)
+    return replace(prompt.at(k), box=box)

@@ -7,6 +7,13 @@ REST API, resending all clicks each time as viewers do, until 20 clicks or until
 target's box is sent once: on its largest slice for ``sam_2d``, around the whole target for
 ``sam_3d``. ``sam_2d`` is scored by the slice's Dice, ``sam_3d`` by the volume's.
 
+``sam_3d`` can also be clicked in 3-D (``clicks_3d``): each next click goes to the largest 3-D error
+region, on whatever slice (:func:`~samlabel.evaluation.simulated_user.next_click_3d`), and the server
+corrects its 3-D result there. ``challenge`` is the CVPR 2025 interactive 3-D challenge's protocol: the
+target's box on its middle slice with its z-range, then 5 such clicks; it reports the Dice after each,
+the area under that curve over the 5 clicks (trapezoid, as the challenge), the final Dice and the
+seconds per object.
+
 ``sam_auto`` is "0 clicks": one request per image; each target is scored by the proposed components
 of its label value that touch it (so each kidney against its own), on its largest slice and in 3-D.
 :func:`auto_then_clicks` combines that with a clicks run: an annotator keeps every proposed object
@@ -34,6 +41,7 @@ from scipy import ndimage
 from samlabel.datastore.local import NIFTI_SUFFIXES
 from samlabel.datastore.local import image_id as datastore_id
 from samlabel.evaluation.metrics import dice, largest_slice, roi_of, simulated_clicks_dice, targets
+from samlabel.evaluation.simulated_user import next_click_3d
 from samlabel.inference.geometry import volume_slice
 from samlabel.tools.rest import Server
 
@@ -41,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 REPORTED_CLICKS = (1, 3, 5, 10)
 MAX_CLICKS = 20  # NoC cap
+CHALLENGE_CLICKS = 5  # after the box, in the CVPR 2025 interactive 3-D challenge
+PROMPTS = ("clicks", "box", "clicks_3d", "challenge")
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,8 @@ def evaluate_target(
     """Scores of one target (``(I, J, K)`` boolean) through ``model`` with ``clicks`` or ``box``: Dice
     after each of the ``reported`` clicks and NoC at each ``noc_at``; clicking stops once all are known."""
     three_d = model.model == "sam_3d"
+    if prompt in ("clicks_3d", "challenge"):
+        return clicks_in_3d(model, truth, prompt, max_clicks, reported, noc_at)
     k = largest_slice(truth)
     truth_hw = volume_slice(truth, k)
     if prompt == "box":
@@ -154,6 +166,52 @@ def evaluate_target(
     }
 
 
+def clicks_in_3d(
+    model: ServerModel,
+    truth: np.ndarray,
+    prompt: str,
+    max_clicks: int = MAX_CLICKS,
+    reported: tuple[int, ...] = REPORTED_CLICKS,
+    noc_at: tuple[float, ...] = (0.85, 0.90),
+) -> dict:
+    """``sam_3d`` clicked in 3-D, all clicks resent each time, scored by the volume's Dice: ``clicks_3d``
+    (Dice after the ``reported`` clicks, NoC in 3-D) or ``challenge`` (a middle-slice box with the
+    target's z-range first, then 5 clicks)."""
+    if model.model != "sam_3d":
+        raise ValueError(f"{prompt} clicks in 3-D: it needs sam_3d, not {model.model}")
+    params: dict[str, Any] = {"foreground": [], "background": []}
+    began = time.perf_counter()
+    prediction, box = None, None
+    if prompt == "challenge":
+        ks = np.flatnonzero(truth.any(axis=(0, 1)))
+        middle = int(ks[len(ks) // 2])
+        params |= {"roi": [*roi_of(truth, middle)[:4], int(ks[0]), int(ks[-1])], "slice": middle}
+        prediction = model(params)
+        box = dice(prediction, truth)
+    scores: list[float] = []
+    for _ in range(CHALLENGE_CLICKS if prompt == "challenge" else max_clicks):
+        if prompt == "clicks_3d" and len(scores) >= max(reported) and max(scores) >= max(noc_at):
+            break
+        click = next_click_3d(truth, prediction)
+        if click is None:  # nothing left to correct: the score stays
+            scores.append(scores[-1] if scores else 1.0)
+            continue
+        i, j, k, label = click
+        params["foreground" if label else "background"].append([i, j, k])
+        prediction = model(params)
+        scores.append(dice(prediction, truth))
+    seconds = round(time.perf_counter() - began, 2)
+    if prompt == "challenge":
+        auc = float(np.trapz(scores)) if len(scores) > 1 else scores[0]
+        return {"dice": scores, "dice_box": box, "dice_auc": auc, "dice_final": scores[-1], "seconds": seconds}
+    return {
+        "dice": [round(v, 4) for v in scores],
+        **{f"dice_{n}": scores[min(n, len(scores)) - 1] for n in reported},
+        **{f"noc{round(t * 100)}": noc(scores, t, max_clicks) for t in noc_at},
+        "seconds": seconds,
+    }
+
+
 def object_targets(label: np.ndarray) -> dict[str, np.ndarray]:
     """Every connected object of every label value, named ``label_<value>[_<n>]``."""
     values = [int(v) for v in np.unique(label) if v > 0]
@@ -161,7 +219,7 @@ def object_targets(label: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def mean_scores(objects: list[dict]) -> dict[str, float]:
-    keys = [key for key in objects[0] if key.startswith(("dice_", "noc"))] if objects else []
+    keys = [key for key in objects[0] if key.startswith(("dice_", "noc", "seconds"))] if objects else []
     return {key: round(float(np.mean([o[key] for o in objects])), 4) for key in keys}
 
 
@@ -187,8 +245,8 @@ def evaluate_server(
     noc_at: tuple[float, ...] = (0.85, 0.90),
 ) -> dict[str, Any]:
     """One evaluation run over ``cases``: per-image and mean scores, the Dice-vs-clicks curve, latency."""
-    if prompt not in ("clicks", "box"):
-        raise ValueError(f"prompt must be clicks or box, not {prompt!r}")
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}, not {prompt!r}")
     reported = tuple(n for n in reported if n <= max_clicks) or (max_clicks,)  # never report unmade clicks
     began = time.perf_counter()
     datastore_ids = Server(client).datastore_ids()
@@ -209,7 +267,7 @@ def evaluate_server(
         every_object += objects.values()
         logger.info("%s %s %s: %s", model, prompt, case.image_id, per_image[case.image_id]["mean"])
     curve = []
-    if prompt == "clicks":
+    if prompt != "box":
         curve = [
             round(float(np.mean([o["dice"][min(n, len(o["dice"])) - 1] for o in every_object])), 4)
             for n in range(1, max(reported) + 1)

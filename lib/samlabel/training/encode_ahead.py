@@ -39,9 +39,10 @@ class EncodeAhead:
         self._reading = 0  # labels taken from the queue and not yet handed to the prefetcher
 
     def label_saved(self, image_id: str, label_id: str) -> None:
-        """Queue a saved final label's slices (nothing when the server keeps no embeddings on disk); the
-        files are read by the thread, not in the save's request."""
-        if self.engine.embeddings.disk is None:
+        """Queue a saved final label's slices; the files are read by the thread, not in the save's request.
+        Nothing when the server keeps no embeddings on disk, or starts no runs of its own (``train_every``
+        0: a run on request encodes what it needs itself)."""
+        if self.engine.embeddings.disk is None or self.cfg.train_every <= 0:
             return
         self._saved.put((image_id, label_id))
         if self._thread is None:

@@ -1,7 +1,7 @@
 """Evaluate a running samlabel server with the standard simulated user, through its REST API.
 
     scripts/evaluate --server http://127.0.0.1:8000 --data DIR \
-        --model sam_2d [sam_3d] [sam_auto] --prompt clicks|box --out OUTDIR [--versions ft001 ft002]
+        --model sam_2d [sam_3d] [sam_auto] --prompt clicks|box|clicks_3d|challenge --out OUTDIR [--versions ...]
 
 DIR has the MONAI Label studies layout: images at the top, ground truth of the same file names in
 labels/final/. Images the server does not hold are sent as sessions (the datastore is not changed).
@@ -17,6 +17,12 @@ Writes OUTDIR/eval.json (per run: per-image and mean Dice after 1, 3, 5, 10 clic
 NoC@85/90 capped at 20, 3-D Dice for sam_3d, round-trip and server latency p50/p95; per structure
 when DIR/labels.json names the label values, as in scripts/make_sample_data --real's folders) and
 OUTDIR/eval.png (mean Dice vs clicks, one line per run, sam_auto at 0 clicks; bars for box runs).
+
+sam_3d can be clicked in 3-D: --prompt clicks_3d puts each next click in the largest 3-D error region
+(on whatever slice; the server corrects its 3-D result there) and reports 3-D Dice after 1, 3, 5, 10
+clicks and NoC@85/90 in 3-D; --prompt challenge runs the CVPR 2025 interactive 3-D challenge's protocol
+(the middle slice's box with the target's z-range, then 5 clicks: Dice after each, its area under the
+curve over the 5 clicks, the final Dice, seconds per object).
 """
 
 import argparse
@@ -27,6 +33,7 @@ from pathlib import Path
 from samlabel.tools.rest import RestError, Server
 from samlabel.tools.server_evaluation import (
     MAX_CLICKS,
+    PROMPTS,
     auto_then_clicks,
     evaluate_auto,
     evaluate_server,
@@ -49,10 +56,11 @@ def plot(runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    clicks = [r for r in runs if r["prompt"] == "clicks"]
+    clicks = [r for r in runs if r["prompt"] not in ("box", "auto")]
     for r in clicks:
         curve = r["dice_by_clicks"]
-        ax.plot(range(1, len(curve) + 1), curve, "o-", label=f"{r['model']} {r['adapter_version'] or 'no adapter'}")
+        name = f"{r['model']} {r['prompt'].replace('_', ' ')} {r['adapter_version'] or 'no adapter'}"
+        ax.plot(range(1, len(curve) + 1), curve, "o-", label=name)
     for r in (r for r in runs if r["prompt"] == "auto"):
         ax.plot([0], [r["mean"]["dice_0"]], "*", markersize=12, label=f"sam_auto {r['adapter_version']} (0 clicks)")
     boxes = [r for r in runs if r["prompt"] == "box"]
@@ -78,11 +86,13 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     parser.add_argument("--data", type=Path, required=True, help="images + labels/final/ ground truth")
     parser.add_argument("--model", nargs="+", default=["sam_2d"], choices=["sam_2d", "sam_3d", "sam_auto"])
-    parser.add_argument("--prompt", default="clicks", choices=["clicks", "box"])
+    parser.add_argument("--prompt", default="clicks", choices=PROMPTS)
     parser.add_argument("--versions", nargs="*", default=[], help="adapter versions to serve in turn")
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS, help=f"NoC cap (default {MAX_CLICKS})")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.prompt in ("clicks_3d", "challenge") and set(args.model) != {"sam_3d"}:
+        parser.error(f"--prompt {args.prompt} clicks in 3-D: use it with --model sam_3d")
 
     cases = studies_cases(args.data)
     labels_json = args.data / "labels.json"  # image id -> structure -> value, as make_sample_data --real writes

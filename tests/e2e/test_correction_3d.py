@@ -1,8 +1,9 @@
 """A 3-D mask that can be corrected, through the real server: clicks on another slice fix a ``sam_3d``
 result where its first propagation stopped, per click set, and ``reset_state`` starts over.
 
-The phantom is a bright tube whose cross-section jumps sideways half-way up: propagation from a click
-below the jump stops there, as it does at a real organ's sharp bend or a gap in contrast.
+The phantom is a bright tube through the whole volume whose cross-section jumps sideways half-way up:
+propagation from a click below the jump goes astray there (SAM keeps predicting a disk where the tube
+was, at a lower predicted IoU), as it can at a real organ's sharp bend or a gap in contrast.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def shifted_tube() -> tuple[nib.Nifti1Image, np.ndarray]:
     image = rng.normal(100, 10, (128, 128, 32)).astype(np.float32)
     truth = np.zeros(image.shape, dtype=bool)
     ii, jj = np.mgrid[:128, :128]
-    for k in range(4, 28):
+    for k in range(32):
         ci, cj = BELOW if k < JUMP else ABOVE
         truth[..., k] = (ii - ci) ** 2 + (jj - cj) ** 2 <= 14**2
     image[truth] = rng.normal(600, 20, int(truth.sum()))
@@ -49,19 +50,18 @@ def sam_3d(client: MONAILabelClient, params: dict) -> tuple[np.ndarray, dict]:
     return np.asarray(nib.load(path).dataobj) > 0, result
 
 
-def test_a_click_on_a_far_slice_extends_a_3d_mask_that_stopped_early(tube):
+def test_a_click_on_a_far_slice_fixes_a_3d_mask_that_went_astray(tube):
     client, truth, _ = tube
     first_click = [BELOW[0], BELOW[1], 10]
     first, r1 = sam_3d(client, {"foreground": [first_click]})
-    assert r1["slices"][1] < JUMP, f"precondition: the first propagation stops at the jump ({r1['slices']})"
+    assert dice(first, truth) < 0.7, "precondition: the first propagation goes astray past the jump"
     assert not r1["refined"] and r1["corrected"] == [10]
 
     corrected, r2 = sam_3d(client, {"foreground": [first_click, [ABOVE[0], ABOVE[1], 22]]})
     assert r2["refined"] and r2["corrected"] == [22], "only the newly clicked slice is redone"
     assert dice(corrected, truth) >= dice(first, truth) + 0.3, (dice(first, truth), dice(corrected, truth))
-    assert dice(corrected, truth) >= 0.85
-    below = truth[..., :JUMP].any(axis=(0, 1))
-    assert np.array_equal(corrected[..., below], first[..., below]), "the part already right is kept as it was"
+    assert dice(corrected, truth) >= 0.9
+    assert np.array_equal(corrected[..., :JUMP], first[..., :JUMP]), "the part already right is kept as it was"
 
 
 def test_clicks_on_several_slices_in_one_request_are_all_honoured(tube):
@@ -89,9 +89,12 @@ def test_the_3d_simulated_user_and_the_challenge_protocol_through_the_server(tub
     challenge's middle-slice box with its z-range, then 5 clicks."""
     client, _, case = tube
     clicks = evaluate_server(client, [case], "sam_3d", "clicks_3d", max_clicks=5, reported=(1, 3, 5), noc_at=(0.85,))
-    target = clicks["per_image"][IMAGE]["objects"]["label_1"]
-    assert target["dice_1"] < 0.85 <= target["dice_5"], target  # one click stops at the jump, a second fixes it
-    assert target["noc85"] <= 3 and clicks["dice_by_clicks"][-1] == target["dice_5"]
-    challenge = evaluate_server(client, [case], "sam_3d", "challenge")["per_image"][IMAGE]["objects"]["label_1"]
-    assert len(challenge["dice"]) == 5 and challenge["dice_final"] == challenge["dice"][-1] >= challenge["dice_box"]
-    assert challenge["dice_final"] >= 0.85 and 0 < challenge["dice_auc"] <= 4 and challenge["seconds"] > 0
+    objects = clicks["per_image"][IMAGE]["objects"]  # the two parts of the tube are two targets
+    assert set(objects) == {"label_1_1", "label_1_2"} and clicks["mean"]["dice_3"] >= clicks["mean"]["dice_1"] + 0.05
+    for scores in objects.values():
+        assert len(scores["dice"]) == 5 and min(scores["dice"][1:]) >= scores["dice"][0] - 0.01, scores
+    assert clicks["dice_by_clicks"][-1] == round(clicks["mean"]["dice_5"], 4)
+    challenge = evaluate_server(client, [case], "sam_3d", "challenge")["per_image"][IMAGE]["objects"]
+    for scores in challenge.values():
+        assert len(scores["dice"]) == 5 and scores["dice_final"] == scores["dice"][-1] >= 0.95, scores
+        assert 3.5 < scores["dice_auc"] <= 4 and scores["seconds"] > 0 and scores["dice_box"] >= 0.9

@@ -75,7 +75,6 @@ def test_a_trainer_subprocess_finds_the_servers_embeddings_and_exports_nothing(t
         import numpy as np, torch
         from pathlib import Path
         from samlabel.config import load_app_config, load_model_config
-from samlabel.datastore.local import SafeLocalDatastore
         from samlabel.inference.engine import SamEngine
         folder = Path({str(tmp_path)!r})
         cfg = load_app_config({{}})

@@ -7,7 +7,8 @@ largest strict subset of its clicks: two viewers never share a result, and ``res
 Every slice that holds clicks (or the box) is an anchor. A request re-segments the anchors whose clicks
 changed, each with all its clicks and the current mask on it as ``mask_input``, and re-propagates from
 each of them both ways until a slice's new mask agrees with what is there (Dice at least
-``propagation_agreement``: the rest is kept), the next anchor, or the object's end. Where the object
+``propagation_agreement``) or SAM's predicted IoU of what is there is higher (the rest is kept), the
+next anchor, or the object's end. Where the object
 ends with no anchor beyond, what the previous result had further on is dropped (a leak); towards another
 anchor, the rest is that anchor's. Finally only slices joined to an anchor with a mask by unbroken masks
 stay, so a background click that empties a slice cuts off everything behind it.
@@ -81,8 +82,8 @@ def segment_3d(
             last = min(beyond, key=lambda b: abs(b - a)) - step if beyond else (lo if step < 0 else hi)
             ended_at = a + step  # the first slice the walk did not reach
             for k, new in walk(engine, volume01, a, start, last, settings):
-                if k in result and dice(new.mask, result[k].mask) >= settings.agreement:
-                    ended_at = None  # what is there from here on stands
+                if k in result and (dice(new.mask, result[k].mask) >= settings.agreement or result[k].iou > new.iou):
+                    ended_at = None  # what is there from here on agrees, or SAM trusts it more: it stands
                     break
                 result[k] = new
                 ended_at = k + step

@@ -102,13 +102,15 @@ class SamInferTask(BasicInferTask):
         return data
 
     def label_volume(self, data: dict[str, Any], image: Any, volume: np.ndarray) -> tuple[np.ndarray, dict]:
-        """The request's label volume and its result params: the viewer's prompt, grown by :meth:`grow`."""
+        """The request's label volume and its result params: the viewer's prompt on its slice."""
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
         volume01 = self.normalised(image, volume)
         start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
-        masks = {prompt.slice: start.mask}
         self.engine.prefetcher.request(volume01, prompt.slice)
+        return self.answer(volume, prompt, {prompt.slice: start.mask}, refined=refined, iou=round(start.iou, 4))
 
+    def answer(self, volume: np.ndarray, prompt, masks: dict[int, np.ndarray], **result) -> tuple[np.ndarray, dict]:
+        """The label volume of the slice ``masks`` and the result params every prompted task reports."""
         label = np.zeros(volume.shape, dtype=np.uint8)
         for k, mask in masks.items():
             put_slice(label, k, mask, prompt.label_value)
@@ -117,9 +119,8 @@ class SamInferTask(BasicInferTask):
             "label": prompt.label_name,
             "label_value": prompt.label_value,
             "slice": prompt.slice,
-            "slices": [min(masks), max(masks)],
-            "refined": refined,
-            "iou": round(start.iou, 4),
+            "slices": [min(masks), max(masks)] if masks else [],
+            **result,
         }
 
     def propagation(self) -> PropagationSettings:
@@ -148,17 +149,7 @@ class Sam3DInfer(SamInferTask):
         image_key = str(data.get("image_path"))
         masks, done = segment_3d(self.engine, self.states, self.store, volume01, prompt, image_key, self.propagation())
         self.engine.prefetcher.request(volume01, prompt.slice)
-        label = np.zeros(volume.shape, dtype=np.uint8)
-        for k, mask in masks.items():
-            put_slice(label, k, mask, prompt.label_value)
-        return label, {
-            "prompt": prompt.kind,
-            "label": prompt.label_name,
-            "label_value": prompt.label_value,
-            "slice": prompt.slice,
-            "slices": [min(masks), max(masks)] if masks else [],
-            **done,
-        }
+        return self.answer(volume, prompt, masks, **done)
 
 
 class SamAutoInfer(SamInferTask):

@@ -270,7 +270,7 @@ def evaluate_server(
     if prompt != "box":
         curve = [
             round(float(np.mean([o["dice"][min(n, len(o["dice"])) - 1] for o in every_object])), 4)
-            for n in range(1, max(reported) + 1)
+            for n in range(1, (CHALLENGE_CLICKS if prompt == "challenge" else max(reported)) + 1)
         ]
     return {
         "model": model,

@@ -103,6 +103,7 @@ def test_the_anchor_set_keeps_its_share_of_the_draws_however_many_labels_are_sav
         weights = anchor_weights(labels, 12, 0.25)
         assert len(weights) == 12 and np.isclose(weights.sum() / (weights.sum() + labels.sum()), 0.25)
     assert len(anchor_weights(np.ones(5), 0, 0.25)) == 0
+    assert anchor_weights(np.zeros(0), 3, 0.25).tolist() == [1, 1, 1], "no label sample: the anchor alone"
     assert anchor_weights(np.ones(5), 3, 0.0).sum() == 0
     with pytest.raises(ValueError, match="anchor_share"):
         anchor_weights(np.ones(5), 3, 1.0)

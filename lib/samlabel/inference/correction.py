@@ -9,8 +9,9 @@ changed, each with all its clicks and the current mask on it as ``mask_input``, 
 each of them both ways until a slice's new mask agrees with what is there (Dice at least
 ``propagation_agreement``) or SAM's predicted IoU of what is there is higher (the rest is kept), the
 next anchor, or the object's end. Where the object ends with no anchor beyond, what the previous result
-had further on is dropped (a leak); towards another anchor, the rest is that anchor's. Finally only slices joined to an anchor with a mask by unbroken masks
-stay, so a background click that empties a slice cuts off everything behind it.
+had further on is dropped (a leak); towards another anchor, the rest is that anchor's. Finally only
+slices joined to an anchor with a mask by unbroken masks stay, so a background click that empties a
+slice cuts off everything behind it.
 """
 
 from __future__ import annotations

@@ -56,12 +56,15 @@ def load_anchor_set(max_slices: int, path: Path = ANCHOR_FILE) -> AnchorSet:
 
 def anchor_weights(label_weights: np.ndarray, replayed: int, share: float) -> np.ndarray:
     """Draw weights for ``replayed`` anchor samples, so that they make up ``share`` of a run's draws
-    whatever the number of saved labels' samples (weighted ``label_weights``)."""
+    whatever the number of saved labels' samples (weighted ``label_weights``; all of them without any)."""
     if not 0 <= share < 1:
         raise ValueError(f"train.anchor_share must be at least 0 and below 1, got {share}")
     if replayed == 0:
         return np.zeros(0)
-    return np.full(replayed, share / (1 - share) * float(np.sum(label_weights)) / replayed)
+    total = float(np.sum(label_weights))
+    if total == 0:  # no sample from the saved labels (none big enough): the anchor set is all there is
+        return np.ones(replayed)
+    return np.full(replayed, share / (1 - share) * total / replayed)
 
 
 class AnchorMetrics:

@@ -184,7 +184,8 @@ def train_adapter(
 
     if not samples:
         raise ValueError("no training samples: the labels hold no object of at least a few pixels")
-    batch_size = min(settings.batch_size, len(samples))
+    drawable = len(samples) if sample_weights is None else int(np.count_nonzero(sample_weights))
+    batch_size = min(settings.batch_size, drawable)
     p = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64) / np.sum(sample_weights)
 
     def batches():

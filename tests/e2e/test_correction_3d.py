@@ -18,16 +18,16 @@ from samlabel.tools.server_evaluation import Case, evaluate_server
 
 pytestmark = pytest.mark.slow
 IMAGE = "shifted_tube"
-JUMP = 16  # first slice of the upper part
+JUMP = 12  # first slice of the upper part
 BELOW, ABOVE = (40, 40), (88, 84)  # the tube's centre below and above the jump
 
 
 def shifted_tube() -> tuple[nib.Nifti1Image, np.ndarray]:
     rng = np.random.default_rng(0)
-    image = rng.normal(100, 10, (128, 128, 32)).astype(np.float32)
+    image = rng.normal(100, 10, (128, 128, 24)).astype(np.float32)
     truth = np.zeros(image.shape, dtype=bool)
     ii, jj = np.mgrid[:128, :128]
-    for k in range(32):
+    for k in range(24):
         ci, cj = BELOW if k < JUMP else ABOVE
         truth[..., k] = (ii - ci) ** 2 + (jj - cj) ** 2 <= 14**2
     image[truth] = rng.normal(600, 20, int(truth.sum()))
@@ -52,13 +52,13 @@ def sam_3d(client: MONAILabelClient, params: dict) -> tuple[np.ndarray, dict]:
 
 def test_a_click_on_a_far_slice_fixes_a_3d_mask_that_went_astray(tube):
     client, truth, _ = tube
-    first_click = [BELOW[0], BELOW[1], 10]
+    first_click = [BELOW[0], BELOW[1], 6]
     first, r1 = sam_3d(client, {"foreground": [first_click]})
     assert dice(first, truth) < 0.7, "precondition: the first propagation goes astray past the jump"
-    assert not r1["refined"] and r1["corrected"] == [10]
+    assert not r1["refined"] and r1["corrected"] == [6]
 
-    corrected, r2 = sam_3d(client, {"foreground": [first_click, [ABOVE[0], ABOVE[1], 22]]})
-    assert r2["refined"] and r2["corrected"] == [22], "only the newly clicked slice is redone"
+    corrected, r2 = sam_3d(client, {"foreground": [first_click, [ABOVE[0], ABOVE[1], 18]]})
+    assert r2["refined"] and r2["corrected"] == [18], "only the newly clicked slice is redone"
     assert dice(corrected, truth) >= dice(first, truth) + 0.3, (dice(first, truth), dice(corrected, truth))
     assert dice(corrected, truth) >= 0.9
     assert np.array_equal(corrected[..., :JUMP], first[..., :JUMP]), "the part already right is kept as it was"
@@ -67,21 +67,21 @@ def test_a_click_on_a_far_slice_fixes_a_3d_mask_that_went_astray(tube):
 def test_clicks_on_several_slices_in_one_request_are_all_honoured(tube):
     """3D Slicer sends every point of a dimension-3 model, on whichever slices they were placed."""
     client, truth, _ = tube
-    both, result = sam_3d(client, {"foreground": [[*BELOW, 9], [*ABOVE, 21]]})
-    assert result["corrected"] == [9, 21] and not result["refined"]
+    both, result = sam_3d(client, {"foreground": [[*BELOW, 5], [*ABOVE, 17]]})
+    assert result["corrected"] == [5, 17] and not result["refined"]
     assert dice(both, truth) >= 0.85
 
 
 def test_3d_state_is_per_click_set_and_reset_starts_over(tube):
     client, truth, _ = tube
-    mine = [[*BELOW, 11]]
+    mine = [[*BELOW, 7]]
     sam_3d(client, {"foreground": mine})
-    theirs = sam_3d(client, {"foreground": [[BELOW[0] + 3, BELOW[1], 12], [*ABOVE, 23]]})[1]
+    theirs = sam_3d(client, {"foreground": [[BELOW[0] + 3, BELOW[1], 8], [*ABOVE, 19]]})[1]
     assert not theirs["refined"], "another annotator's clicks never start from my result"
-    mine_again = sam_3d(client, {"foreground": [*mine, [*ABOVE, 24]]})[1]
-    assert mine_again["refined"] and mine_again["corrected"] == [24]
-    reset = sam_3d(client, {"foreground": [*mine, [*ABOVE, 24]], "reset_state": True})[1]
-    assert not reset["refined"] and reset["corrected"] == [11, 24]
+    mine_again = sam_3d(client, {"foreground": [*mine, [*ABOVE, 20]]})[1]
+    assert mine_again["refined"] and mine_again["corrected"] == [20]
+    reset = sam_3d(client, {"foreground": [*mine, [*ABOVE, 20]], "reset_state": True})[1]
+    assert not reset["refined"] and reset["corrected"] == [7, 20]
 
 
 def test_the_3d_simulated_user_and_the_challenge_protocol_through_the_server(tube):

@@ -36,8 +36,6 @@ TINY_RUN = (
     "2",
     "train.val_max_targets",
     "2",
-    "embedding_store_mb",  # no encoding ahead at each save (tests/unit/test_embedding_store.py covers it)
-    "0",
 )
 
 

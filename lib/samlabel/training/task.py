@@ -129,6 +129,7 @@ class SamAdapterTrain(BasicTrainTask):
             t for pair in val_volumes for t in validation_targets(*pair, min_size=self.cfg.min_object_voxels)
         ]
         val_targets = spread(val_targets, int(request["val_max_targets"]))
+        anchor_before = anchor_metrics.get(served.version)  # None: this run measures it
         version = self.versions.next_version()
         clock["embeddings"] = time.time()
         report = train_adapter(
@@ -142,9 +143,10 @@ class SamAdapterTrain(BasicTrainTask):
             loss=self.loss_function(context),
             sample_weights=weights,
             anchor_targets=anchor.validate,
-            anchor_before=anchor_metrics.get(served.version),
+            anchor_before=anchor_before,
         )
-        anchor_metrics.put(served.version, report["anchor"]["before"])
+        if anchor_before is None:
+            anchor_metrics.put(served.version, report["anchor"]["before"])
         anchor_metrics.put(version, report["anchor"]["best"])
         clock["trained"] = time.time()
         record = self._publish(version, served, report, labels, new_labels, [n for n, _, _ in val_volumes], request)

@@ -135,8 +135,8 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
     cfg = AppConfig(**values)
     if cfg.modality not in ("auto", "ct", "mr"):
         raise ConfigError(f"--conf modality: {cfg.modality!r} is not one of auto, ct, mr")
-    if cfg.runtime not in ("auto", "torch", "onnxruntime"):
-        raise ConfigError(f"--conf runtime: {cfg.runtime!r} is not one of auto, torch, onnxruntime")
+    if cfg.runtime not in ("auto", "torch", "onnxruntime", "openvino"):
+        raise ConfigError(f"--conf runtime: {cfg.runtime!r} is not one of auto, torch, onnxruntime, openvino")
     if cfg.precision not in ("fp32", "bf16"):
         raise ConfigError(f"--conf precision: {cfg.precision!r} is not one of fp32, bf16")
     if cfg.sd_trans_depth < 1 or cfg.hyp_rank < 1:

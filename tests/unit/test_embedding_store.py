@@ -63,11 +63,12 @@ def test_the_store_keeps_within_its_bound_dropping_the_least_recently_used(tmp_p
 
 
 def test_a_trainer_subprocess_finds_the_servers_embeddings_and_exports_nothing(tmp_path: Path) -> None:
-    """The server encodes a slice with ONNX Runtime; a trainer engine in another process (PyTorch decoder,
-    the server's encoder runtime) gets that very embedding from disk and reads the server's encoder graph."""
+    """The server encodes a slice with its default runtime (OpenVINO); a trainer engine in another process
+    (PyTorch decoder, the server's encoder runtime) gets that very embedding from disk and reads the server's
+    encoder graph."""
     cfg = load_app_config({})
     server = SamEngine(load_model_config(cfg.model), cfg, encoder_dir=tmp_path)
-    assert server.encoder_runtime == "onnxruntime" and server._onnx_encoder[1].exported
+    assert server.encoder_runtime == "openvino" and server._graph_encoder[1].exported
     volume01 = normalize_volume(np.asarray(make_ct_phantom(0)[0].dataobj))
     np.save(tmp_path / "volume.npy", volume01)
     torch.save(server.embed(volume01, 20), tmp_path / "served.pt")
@@ -79,10 +80,10 @@ def test_a_trainer_subprocess_finds_the_servers_embeddings_and_exports_nothing(t
         folder = Path({str(tmp_path)!r})
         cfg = load_app_config({{}})
         engine = SamEngine(load_model_config(cfg.model), cfg, runtime="torch", encoder_dir=folder,
-                           encoder_runtime="onnxruntime")
+                           encoder_runtime="openvino")
         embedding = engine.embed(np.load(folder / "volume.npy"), 20)
         same = torch.equal(embedding, torch.load(folder / "served.pt"))
-        print(engine.encoder_runs, engine._onnx_encoder[1].exported, engine._onnx_decoder is None, same)
+        print(engine.encoder_runs, engine._graph_encoder[1].exported, engine._onnx_decoder is None, same)
     """)
     out = subprocess.run([sys.executable, "-c", trainer], capture_output=True, text=True, check=True).stdout
     assert out.split()[-4:] == ["0", "False", "True", "True"]
@@ -111,7 +112,7 @@ def test_a_saved_labels_slices_are_encoded_ahead_so_the_run_encodes_nothing(tmp_
         cfg,
         runtime="torch",
         encoder_dir=tmp_path / "encoder",
-        encoder_runtime="onnxruntime",
+        encoder_runtime=server.encoder_runtime,
     )
     name, volume01, saved = load_pair(
         {"image": str(studies / "ct.nii.gz"), "label": datastore.get_label_uri(label_id, "final")}, cfg

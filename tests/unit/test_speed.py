@@ -1,4 +1,4 @@
-"""The fast paths change speed, never results: ONNX Runtime vs PyTorch, prefetch, batched propagation,
+"""The fast paths change speed, never results: ONNX Runtime and OpenVINO vs PyTorch, prefetch, batched propagation,
 the image cache.
 
 Real LiteMedSAM weights with the shipped click adapter, on a CT phantom. No timings are asserted here:
@@ -63,13 +63,21 @@ def test_nearest_slices_alternate_outward_and_stay_in_the_volume():
     assert nearest_slices(3, 4, 2) == [2, 1]
 
 
-def test_onnxruntime_matches_pytorch(torch_engine, phantom):
+def test_the_default_cpu_runtime_is_openvino_with_an_onnxruntime_decoder():
+    engine = make_engine(prefetch_slices=0)
+    assert (engine.runtime, engine.encoder_runtime) == ("openvino", "openvino")
+    assert type(engine._graph_encoder[1]).__name__ == "OpenVinoEncoder" and engine._onnx_decoder is not None
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_graph_runtimes_match_pytorch(torch_engine, phantom, runtime):
+    """Both runtimes of the exported graphs, at fp32 (OpenVINO would pick bf16 on this CPU by itself)."""
     volume01, truth = phantom
-    onnx_engine = make_engine(runtime="onnxruntime", prefetch_slices=0)
-    assert onnx_engine.runtime == "onnxruntime" and torch_engine.runtime == "torch"
+    onnx_engine = make_engine(runtime=runtime, prefetch_slices=0)
+    assert onnx_engine.encoder_runtime == runtime and torch_engine.runtime == "torch"
     k = int(np.argmax(truth.sum(axis=(0, 1))))
     embeddings = [engine.embed(volume01, k) for engine in (torch_engine, onnx_engine)]
-    assert torch.allclose(*embeddings, atol=1e-4), "the ONNX encoder computes the same embedding"
+    assert torch.allclose(*embeddings, atol=1e-4), "the exported encoder computes the same embedding"
     for points, labels, box in click_prompts(onnx_engine, volume01, truth, k):
         expected, got = (e.segment(volume01, k, points, labels, box) for e in (torch_engine, onnx_engine))
         assert torch.allclose(expected.logits, got.logits, atol=1e-3)

@@ -28,8 +28,9 @@ from samlabel.inference.prefetch import Prefetcher
 from samlabel.inference.preprocess import slice_to_model_input
 from samlabel.model.forward import predict_masks
 from samlabel.model.onnx_runtime import OnnxDecoder, OnnxEncoder
+from samlabel.model.openvino_runtime import OpenVinoEncoder
 from samlabel.model.registry import build_model, load_checkpoint
-from samlabel.model.runtime import encoder_session, pick_device, pick_runtime, runtime_label
+from samlabel.model.runtime import GRAPH_RUNTIMES, encoder_session, pick_device, pick_runtime, runtime_label
 from samlabel.model.weights import resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class SamEngine:
         self._swap_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._thread_runs = threading.local()
-        self._onnx_encoder: tuple[str, OnnxEncoder] | None = None
+        self._graph_encoder: tuple[str, OnnxEncoder | OpenVinoEncoder] | None = None
         self._onnx_decoder: OnnxDecoder | None = None
         self.refused: dict[str, str] = {}  # adapter choices that could not be loaded, with why
         choice = adapter or app_cfg.adapter
@@ -125,11 +126,11 @@ class SamEngine:
         base = f"{self.model_cfg.name}@{self.base_sha256[:12]}"
         version = base + (f"+{adapter.version}" if adapter else "")
         encoder_version = base + (f"+{adapter.version}" if adapter and "adapters" in adapter.parts else "")
-        onnx_encoder, onnx_decoder = self._export_onnx(model, encoder_version, adapter)
+        graph_encoder, onnx_decoder = self._export_onnx(model, encoder_version, adapter)
         with self._lock:
             self.model, self.adapter, self.adapter_choice = model, adapter, choice
             self.version, self.encoder_version = version, encoder_version
-            self._onnx_encoder, self._onnx_decoder = onnx_encoder, onnx_decoder
+            self._graph_encoder, self._onnx_decoder = graph_encoder, onnx_decoder
         logger.info("SAM engine %s (%s) on %s from %s", self.version, self.runtime, self.device, self.weights_path)
 
     @property
@@ -143,11 +144,11 @@ class SamEngine:
         return bool(self.adapter) and self.adapter.encoder_kind == "hyp_adpt"
 
     def _export_onnx(self, model: torch.nn.Module, encoder_version: str, adapter: AdapterInfo | None) -> tuple:
-        """ONNX Runtime sessions for the parts that run on it; a model that cannot be exported (e.g. over
-        ONNX's 2 GB limit) is served with PyTorch from then on."""
-        if "onnxruntime" not in (self.runtime, self.encoder_runtime):
+        """Sessions for the parts that run on a graph runtime (ONNX Runtime, or OpenVINO for the encoder); a
+        model that cannot be exported (e.g. over ONNX's 2 GB limit) is served with PyTorch from then on."""
+        if self.runtime not in GRAPH_RUNTIMES and self.encoder_runtime not in GRAPH_RUNTIMES:
             return None, None
-        torch_encoder = self.encoder_runtime != "onnxruntime" or bool(
+        torch_encoder = self.encoder_runtime not in GRAPH_RUNTIMES or bool(
             adapter and adapter.encoder_kind in STATEFUL_KINDS
         )
         graphs = self.encoder_dir / "graphs" if self.encoder_dir else None
@@ -155,9 +156,11 @@ class SamEngine:
             encoder = (
                 None
                 if torch_encoder
-                else encoder_session(model, self.model_cfg.img_size, encoder_version, self._onnx_encoder, graphs)
+                else encoder_session(
+                    model, self.model_cfg.img_size, encoder_version, self.encoder_runtime, self._graph_encoder, graphs
+                )
             )
-            return encoder, OnnxDecoder(model) if self.runtime == "onnxruntime" else None
+            return encoder, OnnxDecoder(model) if self.runtime in GRAPH_RUNTIMES else None
         except Exception as e:  # noqa: BLE001 - any exporter failure means: serve with PyTorch
             logger.warning("ONNX export failed, serving with PyTorch: %s", e)
             self.runtime = self.encoder_runtime = "torch"
@@ -242,9 +245,9 @@ class SamEngine:
         and condition are set on the shared model for the call)."""
         stateful = self.adapter is not None and self.adapter.encoder_kind in STATEFUL_KINDS
         with contextlib.nullcontext() if background and not stateful else self._lock:
-            onnx_encoder = self._onnx_encoder
-            if onnx_encoder is not None:
-                embeddings = onnx_encoder[1](images)
+            graph_encoder = self._graph_encoder
+            if graph_encoder is not None:
+                embeddings = graph_encoder[1](images)
             else:
                 with self._autocast(), stack_of(self.model, depth), conditioned_on(self.model, condition):
                     embeddings = self.model.image_encoder(images.to(self.device)).float()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
@@ -109,30 +110,34 @@ def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str]
     return buffer.getvalue()
 
 
+def encoder_graph(model: Sam, img_size: int, graph_file: Path | None = None) -> tuple[bytes, bool]:
+    """The image encoder as an ONNX graph, and whether it was exported here (else read from ``graph_file``,
+    exported by another process for the same encoder). A new export is written to ``graph_file`` atomically.
+    Both :class:`OnnxEncoder` and OpenVINO's encoder run this graph."""
+    if graph_file is not None and graph_file.is_file():
+        graph = graph_file.read_bytes()
+        try:
+            onnx.checker.check_model(onnx.load_from_string(graph))
+            return graph, False
+        except Exception as e:  # noqa: BLE001 - a torn or foreign graph file: export again
+            logger.warning("ignoring unreadable encoder graph %s: %s", graph_file, e)
+            graph_file.unlink(missing_ok=True)
+    began = time.perf_counter()
+    with torch.no_grad():
+        graph = _export(
+            model.image_encoder.cpu(), (torch.zeros(1, 3, img_size, img_size),), ["image"], ["embedding"], {}
+        )
+    if graph_file is not None:
+        atomic_write(graph_file, lambda tmp: tmp.write_bytes(graph))
+    logger.info("image encoder exported to ONNX in %.1f s", time.perf_counter() - began)
+    return graph, True
+
+
 class OnnxEncoder:
-    """The image encoder as an ONNX Runtime session (batch 1: TinyViT's reshapes fix the batch size).
+    """The image encoder's graph in an ONNX Runtime session (batch 1: TinyViT's reshapes fix the batch size)."""
 
-    With ``graph_file`` the graph is read from it when it exists (exported by another process for the same
-    encoder), else exported and written there atomically."""
-
-    def __init__(self, model: Sam, img_size: int, graph_file: Path | None = None):
-        began = time.perf_counter()
-        self.session, self.exported = None, False
-        if graph_file is not None and graph_file.is_file():
-            try:
-                self.session = _session(graph_file.read_bytes(), memory_arena=False)
-            except Exception as e:  # noqa: BLE001 - a torn or foreign graph file: export again
-                logger.warning("ignoring unreadable encoder graph %s: %s", graph_file, e)
-                graph_file.unlink(missing_ok=True)
-        if self.session is None:
-            example = torch.zeros(1, 3, img_size, img_size)
-            with torch.no_grad():
-                graph = _export(model.image_encoder.cpu(), (example,), ["image"], ["embedding"], {})
-            if graph_file is not None:
-                atomic_write(graph_file, lambda tmp: tmp.write_bytes(graph))
-            self.session, self.exported = _session(graph, memory_arena=False), True
-        how = "exported to" if self.exported else f"read from {graph_file}:"
-        logger.info("image encoder %s ONNX in %.1f s", how, time.perf_counter() - began)
+    def __init__(self, graph: bytes, exported: bool):
+        self.session, self.exported = _session(graph, memory_arena=False), exported
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` Bx3xSxS -> embeddings Bx256xhxw, one ONNX call per image."""

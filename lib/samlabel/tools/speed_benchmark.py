@@ -9,6 +9,7 @@ the SAM part inside the server (``sam_seconds``) with the encoder runs it made i
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -224,10 +225,12 @@ def ratios(ours: dict[str, Any], baseline_p50_ms: float) -> dict[str, float]:
 
 def encoder_throughput(model_name: str, img_size: int, passes: int, batch: int) -> dict[str, float]:
     """Image-encoder slices per second in-process: PyTorch fp32 (and bf16 autocast on a GPU, batched),
-    and ONNX Runtime on CPU. Random inputs and weights: the speed does not depend on them."""
+    and on CPU the exported graph on ONNX Runtime and on OpenVINO. Random inputs and weights: the speed does
+    not depend on them."""
     import torch
 
-    from samlabel.model.onnx_runtime import OnnxEncoder, onnxruntime_available
+    from samlabel.model.onnx_runtime import OnnxEncoder, encoder_graph, onnxruntime_available
+    from samlabel.model.openvino_runtime import OpenVinoEncoder, openvino_available
     from samlabel.model.registry import build_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,8 +241,10 @@ def encoder_throughput(model_name: str, img_size: int, passes: int, batch: int) 
     if device.type == "cuda":
         variants["torch_bf16"] = lambda: _autocast_bf16(model.image_encoder, x)
     elif onnxruntime_available():
-        onnx = OnnxEncoder(model.cpu(), img_size)
-        variants["onnxruntime_fp32"] = lambda: onnx(x)
+        graph, _ = encoder_graph(model.cpu(), img_size)
+        variants["onnxruntime_fp32"] = functools.partial(OnnxEncoder(graph, True), x)
+        if openvino_available():
+            variants["openvino_fp32"] = functools.partial(OpenVinoEncoder(graph, True), x)
     out = {"batch": batch}
     with torch.inference_mode():
         for name, run in variants.items():
@@ -271,6 +276,8 @@ def environment() -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    from samlabel.model.openvino_runtime import openvino_available, openvino_version
+
     cpu = platform.processor()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -281,6 +288,7 @@ def environment() -> dict[str, Any]:
         "device": name,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version() if openvino_available() else None,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }

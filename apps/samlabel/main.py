@@ -15,16 +15,19 @@ from samlabel.adapters.versions import AdapterVersions
 from samlabel.config import load_app_config, load_model_config
 from samlabel.datastore.local import SafeLocalDatastore
 from samlabel.datastore.pacs import PacsDatastore, pacs_cache_dir, pacs_client, pacs_credentials
+from samlabel.inference.correction import result_from_arrays, result_to_arrays
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.image_cache import CachedLoadImaged
-from samlabel.inference.refinement import RefinementStore
+from samlabel.inference.refinement import RefinementStore, logits_from_arrays, logits_to_arrays
+from samlabel.inference.shared_state import SharedClickState
 from samlabel.server.errors import checked_infer
 from samlabel.server.install import install
 from samlabel.tasks.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
 from samlabel.tasks.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.tasks.strategy import RandomStrategy, SamUncertaintyStrategy
 from samlabel.training.encode_ahead import EncodeAhead
-from samlabel.training.runs import start_training, training_running
+from samlabel.training.lease import TrainingLease
+from samlabel.training.runs import TrainingRuns
 from samlabel.training.task import SamAdapterTrain
 from samlabel.training.trigger import TrainTrigger
 
@@ -43,11 +46,13 @@ class SamLabelApp(MONAILabelApp):
         self.engine = SamEngine(
             self.model_cfg, self.cfg, self.versions.served().adapter, fallback=fallback, encoder_dir=self.encoder_dir
         )
-        self.refinements = RefinementStore()
+        self.refinements = RefinementStore(shared=self.shared_clicks("2d", logits_to_arrays, logits_from_arrays))
+        self.states_3d = RefinementStore(8, self.shared_clicks("3d", result_to_arrays, result_from_arrays))
         self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
+        self.runs = TrainingRuns(TrainingLease(self.trainer_dir / "training.lease"))  # one run across replicas
         self.trigger = TrainTrigger(
-            self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, training_running
+            self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.runs.running
         )
         super().__init__(
             app_dir=app_dir,
@@ -60,6 +65,13 @@ class SamLabelApp(MONAILabelApp):
         )
         self.scorer = BackgroundScoring(self.uncertainty, self.datastore(), self.versions)
         self.encode_ahead = EncodeAhead(self.engine, self.cfg, self.datastore())
+
+    def shared_clicks(self, name: str, to_arrays, from_arrays) -> SharedClickState | None:
+        """Click state on disk in the model folder, for replicas (``click_state_mb``; None: memory only)."""
+        if self.cfg.click_state_mb <= 0:
+            return None
+        folder = self.trainer_dir / "click_state" / name
+        return SharedClickState(folder, self.cfg.click_state_mb * 2**20, to_arrays, from_arrays)
 
     def make_training_engine(self, adapter: str, trains_encoder: bool) -> SamEngine:
         """Training needs PyTorch's autograd, whatever runtime serves; an encoder that does not train encodes
@@ -92,7 +104,7 @@ class SamLabelApp(MONAILabelApp):
         args = (self.engine, self.refinements, self.image_loader, self.cfg, self.versions)
         return {
             "sam_2d": Sam2DInfer(*args, "SAM on one slice; clicks refine"),
-            "sam_3d": Sam3DInfer(*args, "SAM on one slice, propagated in 3-D"),
+            "sam_3d": Sam3DInfer(*args, "SAM on one slice, propagated in 3-D", states=self.states_3d),
             "sam_auto": SamAutoInfer(
                 *args, "SAM with no clicks: boxes where similar saved labels lie", label_files=self.final_labels
             ),
@@ -135,7 +147,7 @@ class SamLabelApp(MONAILabelApp):
         return {"training": self.trigger.label_saved(image_id, saved_at)} if saved_at else {}
 
     def start_fine_tuning(self) -> bool:
-        task, why = start_training({"model": "sam_adapter", "name": "auto"})
+        task, why = self.runs.start({"model": "sam_adapter", "name": "auto"})
         if task is None:
             logger.info("fine-tuning not started now: %s", why)
         return task is not None

@@ -1,15 +1,18 @@
-"""Atomic file writes: a temp file in the same folder, fsynced, renamed over the target.
+"""Atomic file writes: a temp file in the same folder, fsynced, renamed over the target; and a lock for
+read-modify-write of a shared file.
 
-The server, training processes and scripts share files (studies, adapter files, version records);
-a reader sees the old file or the new one, never half of one, even if the writer is killed.
+The server, training processes, scripts and other replicas share files (studies, adapter files, version
+records); a reader sees the old file or the new one, never half of one, even if the writer is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +38,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 def write_json(path: Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive among processes (and replicas on a shared file system) for a read-modify-write of ``path``:
+    an ``flock`` on ``path.lock``, which the kernel drops if the holder dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -57,6 +57,7 @@ class AppConfig:
     labels: tuple[str, ...]
     cache_mb: int
     embedding_store_mb: int
+    click_state_mb: int
     image_cache_mb: int
     max_points: int
     min_object_voxels: int

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from samlabel.evaluation.metrics import dice
 from samlabel.inference.engine import SamEngine, SliceResult
@@ -33,6 +34,31 @@ class Result3D:
 
     slices: dict[int, SliceResult]
     anchors: dict[int, frozenset[tuple[int, int, int]]]
+
+
+def result_to_arrays(result: Result3D) -> dict[str, np.ndarray]:
+    """A :class:`Result3D` as arrays, for :class:`~samlabel.inference.shared_state.SharedClickState`."""
+    ks = sorted(result.slices)
+    rows = [(a, *click) for a, clicks in result.anchors.items() for click in sorted(clicks)]
+    return {
+        "ks": np.array(ks, dtype=np.int64),
+        "masks": np.stack([result.slices[k].mask for k in ks]) if ks else np.zeros((0, 1, 1), bool),
+        "logits": np.stack([result.slices[k].logits.float().cpu().numpy() for k in ks]) if ks else np.zeros(0),
+        "ious": np.array([result.slices[k].iou for k in ks], dtype=np.float64),
+        "anchors": np.array(sorted(result.anchors), dtype=np.int64),
+        "anchor_clicks": np.array(rows, dtype=np.int64).reshape(len(rows), 4),
+    }
+
+
+def result_from_arrays(arrays: dict[str, np.ndarray]) -> Result3D:
+    slices = {
+        int(k): SliceResult(mask, torch.from_numpy(logits), float(iou))
+        for k, mask, logits, iou in zip(arrays["ks"], arrays["masks"], arrays["logits"], arrays["ious"], strict=True)
+    }
+    anchors: dict[int, frozenset] = {int(a): frozenset() for a in arrays["anchors"]}
+    for a, *click in arrays["anchor_clicks"].tolist():
+        anchors[a] = anchors[a] | {tuple(click)}
+    return Result3D(slices, anchors)
 
 
 def joined(slices: dict[int, SliceResult], anchors: list[int]) -> dict[int, SliceResult]:

@@ -157,7 +157,13 @@ class SamEngine:
                 None
                 if torch_encoder
                 else encoder_session(
-                    model, self.model_cfg.img_size, encoder_version, self.encoder_runtime, self._graph_encoder, graphs
+                    model,
+                    self.model_cfg.img_size,
+                    encoder_version,
+                    self.encoder_runtime,
+                    self._graph_encoder,
+                    graphs,
+                    serving=self.runtime in GRAPH_RUNTIMES,  # else a trainer's engine: compiled if it encodes
                 )
             )
             return encoder, OnnxDecoder(model) if self.runtime in GRAPH_RUNTIMES else None

@@ -33,25 +33,33 @@ def openvino_version() -> str:
 
 
 class OpenVinoEncoder:
-    """The encoder graph compiled for OpenVINO's CPU plugin. One inference request per calling thread: a
-    click and the prefetcher may encode at once, and a request must not be shared between threads."""
+    """The encoder graph compiled for OpenVINO's CPU plugin, on first use (a trainer that finds every
+    embedding in the store never compiles it). One inference request per calling thread: a click and the
+    prefetcher may encode at once, and a request must not be shared between threads."""
 
     def __init__(self, graph: bytes, exported: bool):
-        import openvino as ov
-
-        began = time.perf_counter()
-        model = ov.convert_model(io.BytesIO(graph))
-        self.compiled = ov.Core().compile_model(
-            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        )
-        self.exported = exported
+        self.graph, self.exported = graph, exported
+        self._compiled = None
+        self._compile_lock = threading.Lock()
         self._requests = threading.local()
-        logger.info("image encoder compiled for OpenVINO in %.1f s", time.perf_counter() - began)
+
+    def compile(self):
+        with self._compile_lock:
+            if self._compiled is None:
+                import openvino as ov
+
+                began = time.perf_counter()
+                model = ov.convert_model(io.BytesIO(self.graph))
+                self._compiled = ov.Core().compile_model(
+                    model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+                )
+                logger.info("image encoder compiled for OpenVINO in %.1f s", time.perf_counter() - began)
+            return self._compiled
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` Bx3xSxS -> embeddings Bx256xhxw, one call per image (the graph's batch is 1)."""
         request = getattr(self._requests, "request", None)
         if request is None:
-            request = self._requests.request = self.compiled.create_infer_request()
+            request = self._requests.request = self.compile().create_infer_request()
         out = [request.infer({0: x[None].cpu().numpy()})[0].copy() for x in images]
         return torch.from_numpy(np.concatenate(out))

@@ -44,17 +44,24 @@ def encoder_session(
     runtime: str,
     previous: tuple[str, OnnxEncoder | OpenVinoEncoder] | None,
     graphs: Path | None,
+    serving: bool = True,
 ) -> tuple[str, OnnxEncoder | OpenVinoEncoder]:
     """``(encoder_version + runtime, encoder)`` for a served model on a graph runtime: the ``previous`` one
     while neither changes, else one on the graph exported for this version in ``graphs`` (by the server, so a
-    trainer subprocess exports nothing), else on a new export, saved there for the others."""
+    trainer subprocess exports nothing), else on a new export, saved there for the others. OpenVINO compiles
+    now when ``serving`` (so the first click does not wait), else on first use."""
     identity = f"{encoder_version}:{runtime}"
     if previous is not None and previous[0] == identity:
         return previous
     name = f"{encoder_version}:{runtime_label('onnxruntime')}:torch-{torch.__version__}:opset{OPSET}"
     graph_file = graphs / f"{hashlib.sha1(name.encode()).hexdigest()}.onnx" if graphs else None
     graph, exported = encoder_graph(model, img_size, graph_file)
-    return identity, (OpenVinoEncoder if runtime == "openvino" else OnnxEncoder)(graph, exported)
+    if runtime != "openvino":
+        return identity, OnnxEncoder(graph, exported)
+    encoder = OpenVinoEncoder(graph, exported)
+    if serving:
+        encoder.compile()
+    return identity, encoder
 
 
 def runtime_label(runtime: str) -> str:

@@ -26,7 +26,6 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.utils.app import app_instance
 
 from samlabel.datastore.local import DatastoreError
-from samlabel.training.runs import start_training
 
 AnyUser = Annotated[User, Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))]
 Annotator = Annotated[User, Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))]
@@ -109,7 +108,7 @@ def app_router(max_params_bytes: int) -> APIRouter:
         trainers = app_instance().info()["trainers"]
         if model not in trainers:
             raise HTTPException(404, f"unknown trainer {model!r}; this server has {sorted(trainers)}")
-        task, why = start_training({"model": model}, params)
+        task, why = app_instance().runs.start({"model": model}, params)
         if task is None:
             raise HTTPException(409, why)
         return task

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -29,6 +30,11 @@ from samlabel.inference.preprocess import normalize_volume
 from samlabel.inference.prompts import PromptError, parse_prompt
 from samlabel.inference.propagation import PropagationSettings, propagate
 from samlabel.inference.refinement import RefinementStore, segment_prompt
+
+
+def image_key(data: dict[str, Any]) -> str:
+    """The image in click-state keys: its file's name, which replicas with caches of their own agree on."""
+    return Path(str(data.get("image_path"))).name
 
 
 class SamInferTask(BasicInferTask):
@@ -105,7 +111,7 @@ class SamInferTask(BasicInferTask):
         """The request's label volume and its result params: the viewer's prompt on its slice."""
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
         volume01 = self.normalised(image, volume)
-        start, refined = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
+        start, refined = segment_prompt(self.engine, self.store, volume01, prompt, image_key(data))
         self.engine.prefetcher.request(volume01, prompt.slice)
         return self.answer(volume, prompt, {prompt.slice: start.mask}, refined=refined, iou=round(start.iou, 4))
 
@@ -139,15 +145,16 @@ class Sam3DInfer(SamInferTask):
 
     dimension_of_task = 3
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, states: RefinementStore, **kwargs):
         super().__init__(*args, **kwargs)
-        self.states = RefinementStore(max_entries=8)  # 3-D results: a mask per slice each
+        self.states = states  # 3-D results: a mask per slice each
 
     def label_volume(self, data: dict[str, Any], image: Any, volume: np.ndarray) -> tuple[np.ndarray, dict]:
         prompt = parse_prompt(data, volume.shape, self.labels, self.cfg.max_points)
         volume01 = self.normalised(image, volume)
-        image_key = str(data.get("image_path"))
-        masks, done = segment_3d(self.engine, self.states, self.store, volume01, prompt, image_key, self.propagation())
+        masks, done = segment_3d(
+            self.engine, self.states, self.store, volume01, prompt, image_key(data), self.propagation()
+        )
         self.engine.prefetcher.request(volume01, prompt.slice)
         return self.answer(volume, prompt, masks, **done)
 
@@ -196,7 +203,7 @@ class SamAutoInfer(SamInferTask):
         for proposal in self.prior.proposals(similar, values):
             roi = proposal.roi(volume.shape)
             prompt = parse_prompt({"roi": roi, "label": names[proposal.label_value]}, volume.shape, self.labels)
-            start, _ = segment_prompt(self.engine, self.store, volume01, prompt, str(data.get("image_path")))
+            start, _ = segment_prompt(self.engine, self.store, volume01, prompt, image_key(data))
             entry = {"label": prompt.label_name, "roi": roi, "support": f"{proposal.support}/{proposal.images}"}
             entry["iou"] = round(start.iou, 4)
             entry["kept"] = bool(start.iou >= self.cfg.auto_min_iou and start.mask.any())

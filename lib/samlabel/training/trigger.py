@@ -3,19 +3,22 @@
 MONAI Label runs training in its own process, one run at a time. A request made while a run is going
 is remembered as one flag (however many labels are saved meanwhile) and starts exactly one more run
 when the current one ends; a single scheduler thread starts runs, so two never overlap. The count and
-the flag live in a JSON file, so a restarted server keeps them.
+the flag live in a JSON file, read and written under a file lock each time, so a restarted server keeps
+them and replicas sharing the model folder count toward one trigger (whichever replica's scheduler sees
+the flag first starts the run; :mod:`samlabel.training.runs` keeps it to one across replicas).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from samlabel.atomic_write import write_json
+from samlabel.atomic_write import locked, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +43,23 @@ class TrainTrigger:
         self.start_run = start_run
         self.running = running
         self.poll_seconds = poll_seconds
-        self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._state: dict[str, Any] = {"counted": {}, "since_last_run": 0, "pending": False, "runs_started": 0}
-        if self.state_file.is_file():
-            self._state.update(json.loads(self.state_file.read_text()))
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[dict[str, Any]]:
+        """The shared state, for reading and changing: written back when the block ends without an error."""
+        with locked(self.state_file):
+            state = {"counted": {}, "since_last_run": 0, "pending": False, "runs_started": 0}
+            with contextlib.suppress(FileNotFoundError):
+                state.update(json.loads(self.state_file.read_text()))
+            before = json.dumps(state, sort_keys=True)
+            yield state
+            if json.dumps(state, sort_keys=True) != before:
+                write_json(self.state_file, state)
 
     def label_saved(self, image_id: str, saved_at: float) -> dict[str, Any]:
         """Count a final label, once per (image, save time); returns the counts for the save's answer."""
-        with self._lock:
-            state = self._state
+        with self._state() as state:
             if self.every > 0 and state["counted"].get(image_id) != saved_at:
                 state["counted"][image_id] = saved_at
                 state["since_last_run"] += 1
@@ -57,13 +67,15 @@ class TrainTrigger:
                     state["since_last_run"] = 0
                     state["pending"] = True
                     logger.info("%d labels saved: a fine-tuning run is requested", self.every)
-                write_json(self.state_file, state)
-            answer = self.status()
+            answer = self._answer(state)
         self._wake.set()
         return answer
 
     def status(self) -> dict[str, Any]:
-        state = self._state
+        with self._state() as state:
+            return self._answer(state)
+
+    def _answer(self, state: dict[str, Any]) -> dict[str, Any]:
         return {
             "train_every": self.every,
             "saved_since_last_run": state["since_last_run"],
@@ -85,16 +97,11 @@ class TrainTrigger:
                 logger.exception("could not start a fine-tuning run; will try again")
 
     def _start_if_due(self) -> None:
-        with self._lock:
-            if not self._state["pending"] or self.running():
+        if self.running():  # cheap, and outside the file lock: the other replicas count on
+            return
+        with self._state() as state:
+            if not state["pending"] or self.running():
                 return
-            self._state["pending"] = False  # a label saved from now on asks for the next run
-            started = False
-            try:
-                started = self.start_run()
-            finally:
-                if started:
-                    self._state["runs_started"] += 1
-                else:
-                    self._state["pending"] = True
-                write_json(self.state_file, self._state)
+            if self.start_run():
+                state["pending"] = False  # a label saved from now on asks for the next run
+                state["runs_started"] += 1

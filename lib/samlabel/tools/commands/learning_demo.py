@@ -7,9 +7,9 @@ background and publishes the new version if the gate passes. Before the first ro
 held-out hearts (never labelled) and held-out CT phantoms (the old domain) are segmented through the
 server with simulated clicks: Dice after 1 and 3 clicks on each object's largest slice.
 
-    scripts/learning_demo [--rounds 3] [--per-round 5] [--steps N] [--out results/learning_demo]
+    scripts/learning_demo [--rounds 3] [--per-round 5] [--steps N] [--lr X] [--out results/learning_demo]
 Writes OUT.json and OUT.png. Fixed seeds. Each run uses the app's own training recipe (``train`` in
-configs/app.yaml) unless --steps sets its max_steps.
+configs/app.yaml) unless --steps / --lr set its max_steps / learning_rate.
 
 With --real (after scripts/make_sample_data --real), the new domain is real anatomy the click starter
 never saw: deep grey-matter nuclei of the Colin27 T1 brain (AAL atlas masks, hand-drawn). Each round the
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps of each run (default: the app's)")
+    parser.add_argument("--lr", type=float, default=None, help="train.learning_rate of each run (default: the app's)")
     parser.add_argument("--real", action="store_true", help="learn real brain nuclei (data/real, see above)")
     parser.add_argument("--data", type=Path, default=Path("data/real"), help="the real split (with --real)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/learning_demo (results/real/...)")
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int | None:
     conf += ["train_every", str(per_round)]
     if args.steps:
         conf += ["train.max_steps", str(args.steps), "train.val_every", str(max(args.steps // 3, 1))]
+    if args.lr:
+        conf += ["train.learning_rate", str(args.lr)]
     proc, url = start_server(work / "studies", work / "server.log", *conf)
     began = time.time()
     try:

@@ -1,0 +1,119 @@
+"""Click state on disk, so that replicas sharing a model folder continue each other's refinements.
+
+Behind a load balancer consecutive clicks of one annotator land on any replica. Each result a
+:class:`~samlabel.inference.refinement.RefinementStore` remembers is also written here, under its context
+and click set, and a request looks here for the largest earlier subset of its clicks that its own memory
+lacks. Values go to ``.npz`` through the owner's codec (no pickles: other processes write this folder).
+Files are renamed into place whole; the folder is bounded in bytes (least recently used out first); an
+unreadable file is a miss, and a failed write only logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Clicks = frozenset[tuple[int, ...]]
+ToArrays = Callable[[Any], dict[str, np.ndarray]]
+FromArrays = Callable[[dict[str, np.ndarray]], Any]
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha1(value.encode()).hexdigest()
+
+
+def _clicks_array(clicks: Clicks) -> np.ndarray:
+    return np.array(sorted(clicks), dtype=np.int64).reshape(len(clicks), -1)
+
+
+class SharedClickState:
+    def __init__(self, folder: Path, max_bytes: int, to_arrays: ToArrays, from_arrays: FromArrays):
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self.to_arrays = to_arrays
+        self.from_arrays = from_arrays
+        self._lock = threading.Lock()
+        self._written = 0
+
+    def _dir(self, context: Hashable) -> Path:
+        return self.folder / _digest(repr(context))
+
+    def previous(self, context: Hashable, clicks: Clicks, larger_than: int) -> Any | None:
+        """The stored value of the largest strict subset of ``clicks`` with more than ``larger_than`` clicks."""
+        best, best_size = None, larger_than
+        for path in self._dir(context).glob("*.npz"):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    if str(data["context"]) != repr(context):
+                        continue
+                    stored = frozenset(tuple(int(v) for v in row) for row in data["clicks"])
+            except FileNotFoundError:
+                continue
+            except Exception as e:  # noqa: BLE001 - a torn or foreign file is a miss, never an error
+                logger.warning("click state: ignoring unreadable %s (%s)", path.name, e)
+                path.unlink(missing_ok=True)
+                continue
+            if stored < clicks and len(stored) > best_size:
+                best, best_size = path, len(stored)
+        if best is None:
+            return None
+        try:
+            with np.load(best, allow_pickle=False) as data:
+                value = self.from_arrays({k: data[k] for k in data.files if k not in ("context", "clicks")})
+        except Exception as e:  # noqa: BLE001
+            logger.warning("click state: ignoring unreadable %s (%s)", best.name, e)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(best)  # recently used: evicted last
+        return value
+
+    def put(self, context: Hashable, clicks: Clicks, value: Any) -> None:
+        folder = self._dir(context)
+        arrays = self.to_arrays(value)
+        tmp = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)  # never matched by *.npz
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, context=np.array(repr(context)), clicks=_clicks_array(clicks), **arrays)
+            os.replace(tmp, folder / f"{_digest(repr(sorted(clicks)))}.npz")
+        except OSError as e:
+            logger.warning("click state: not kept (%s)", e)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            return
+        with self._lock:
+            self._written += sum(a.nbytes for a in arrays.values())
+            due = self._written >= self.max_bytes // 20
+            if due:
+                self._written = 0
+        if due:
+            self._evict()
+
+    def forget(self, context: Hashable) -> None:
+        shutil.rmtree(self._dir(context), ignore_errors=True)
+
+    def _evict(self) -> None:
+        files = []
+        for path in self.folder.glob("*/*.npz"):
+            with contextlib.suppress(FileNotFoundError):  # another replica evicted it
+                stat = path.stat()
+                files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size

@@ -26,9 +26,9 @@ from samlabel.tasks.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
 from samlabel.tasks.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.tasks.strategy import RandomStrategy, SamUncertaintyStrategy
 from samlabel.training.encode_ahead import EncodeAhead
-from samlabel.training.lease import TrainingLease
+from samlabel.training.lease import LEASE_FILE, TrainingLease
 from samlabel.training.runs import TrainingRuns
-from samlabel.training.task import SamAdapterTrain
+from samlabel.training.task import SamAdapterTrain, TrainingEngines
 from samlabel.training.trigger import TrainTrigger
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class SamLabelApp(MONAILabelApp):
         self.states_3d = RefinementStore(8, self.shared_clicks("3d", result_to_arrays, result_from_arrays))
         self.image_loader = CachedLoadImaged("image", self.cfg.image_cache_mb * 2**20)
         self.uncertainty = SamUncertaintyScoring(self.engine, self.versions, self.cfg)
-        self.runs = TrainingRuns(TrainingLease(self.trainer_dir / "training.lease"))  # one run across replicas
+        self.runs = TrainingRuns(TrainingLease(self.trainer_dir / LEASE_FILE))  # one run across replicas
         self.trigger = TrainTrigger(
             self.trainer_dir / "trigger.json", self.cfg.train_every, self.start_fine_tuning, self.runs.running
         )
@@ -72,14 +72,6 @@ class SamLabelApp(MONAILabelApp):
             return None
         folder = self.trainer_dir / "click_state" / name
         return SharedClickState(folder, self.cfg.click_state_mb * 2**20, to_arrays, from_arrays)
-
-    def make_training_engine(self, adapter: str, trains_encoder: bool) -> SamEngine:
-        """Training needs PyTorch's autograd, whatever runtime serves; an encoder that does not train encodes
-        as the server does, so the server's embeddings are found on disk instead of computed again."""
-        encoder_runtime = "torch" if trains_encoder else self.engine.encoder_runtime
-        return SamEngine(
-            self.model_cfg, self.cfg, adapter, "torch", encoder_dir=self.encoder_dir, encoder_runtime=encoder_runtime
-        )
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
@@ -115,7 +107,10 @@ class SamLabelApp(MONAILabelApp):
         return [item["label"] for item in self.datastore().datalist()]
 
     def init_trainers(self):
-        trainer = SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, self.make_training_engine)
+        # training needs PyTorch's autograd, whatever runtime serves; an encoder that does not train encodes as
+        # the server does, so the server's embeddings are found on disk instead of computed again
+        engines = TrainingEngines(self.model_cfg, self.cfg, self.encoder_dir, self.engine.encoder_runtime)
+        trainer = SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, engines)
         return {"sam_adapter": trainer}
 
     def init_strategies(self):

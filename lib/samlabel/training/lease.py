@@ -24,6 +24,7 @@ from samlabel.atomic_write import locked, write_json
 
 logger = logging.getLogger(__name__)
 
+LEASE_FILE = "training.lease"  # in the trainer's folder
 LEASE_TTL_SECONDS = 30.0
 RENEW_SECONDS = 5.0
 

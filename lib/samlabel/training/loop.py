@@ -4,6 +4,10 @@ Validation runs the serving code path (simulated user -> viewer-shaped prompt ->
 refinement) on held-out volumes: Dice after 1..10 clicks and with a box. Step 0 measures the starting
 model; of the trained states, the best by :func:`score` (the whole Dice-vs-clicks curve and the box) is
 written as an adapter file with its metrics, beside a metrics JSON.
+
+Data parallel (torch.distributed initialised, e.g. by MONAI Label's multi-GPU run): every rank draws the
+same batches, computes the losses of its share of each and the gradients are summed across ranks before the
+step, so the ranks take one rank's steps; rank 0 alone validates and writes the adapter file.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.contrib.handlers import ProgressBar
 from ignite.engine import Engine, Events
 
@@ -127,6 +132,29 @@ def prepare_model(engine: SamEngine, settings: TrainSettings) -> tuple[int, int]
     return trainable, total
 
 
+def rank_and_size() -> tuple[int, int]:
+    """This process's rank and the number of ranks of a data-parallel run; (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sum_across_ranks(params: list[torch.nn.Parameter], loss: float) -> float:
+    """Sum the ranks' gradients of ``params`` and their ``loss`` in one all-reduce; returns the summed loss.
+    A parameter no rank's samples reached keeps no gradient, as on one rank (AdamW then leaves it alone
+    instead of decaying it)."""
+    n = len(params)
+    reached = torch.tensor(
+        [p.grad is not None for p in params] + [loss], dtype=params[0].dtype, device=params[0].device
+    )
+    flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params] + [reached])
+    dist.all_reduce(flat)
+    counts = flat[-n - 1 :].tolist()
+    for p, grad, count in zip(params, flat[: -n - 1].split([p.numel() for p in params]), counts[:-1], strict=True):
+        p.grad = grad.view_as(p) if count else None
+    return counts[-1]
+
+
 def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -144,7 +172,7 @@ def train_adapter(
     sample_weights: np.ndarray | None = None,
     anchor_targets: list[ValTarget] | None = None,
     anchor_before: dict[str, float] | None = None,
-) -> dict:
+) -> dict | None:
     """Train ``engine.model`` (prepared by :func:`prepare_model`) in place; write the best as an adapter file.
 
     ``sample_weights`` make some samples (e.g. from newly saved labels) come up more often; without
@@ -154,6 +182,8 @@ def train_adapter(
     The file keeps the parts the engine's adapter already had, so a decoder-only run on top of encoder
     adapters keeps them.
     Returns the report: validation before and during training, the best metrics, the trainable share.
+    In a data-parallel run (see the module's doc) every rank trains; only rank 0 validates, writes the file and
+    returns the report, the others None.
     """
     if engine.runtime != "torch":  # an exported graph would validate the weights it was exported with
         raise ValueError(f"training needs an engine on the torch runtime, not {engine.runtime}")
@@ -163,21 +193,29 @@ def train_adapter(
     optimizer = optimizer or make_optimizer(model, settings)
     loss = loss or InteractiveLoss(settings.step)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(settings.seed)  # the batches: the same on every rank
     torch.manual_seed(settings.seed)
     img_size = engine.model_cfg.img_size
     encode = "adapters" in settings.parts
+    rank, ranks = rank_and_size()
+    params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(_, batch: list[int]) -> dict[str, float]:
+    def step(current: Engine, batch: list[int]) -> dict[str, float]:
         """One optimiser step on the batch's mean loss; each sample's graph is freed after its backward
-        (with the encoder in the loop a graph holds every block's activations, of a whole stack for SD-Trans)."""
+        (with the encoder in the loop a graph holds every block's activations, of a whole stack for SD-Trans).
+        Each rank takes every ``ranks``-th sample; a sample's clicks come from its own generator, so they do not
+        depend on the rank that simulates them."""
         model.train()
         optimizer.zero_grad()
         total = 0.0
-        for i in batch:
-            value = sample_loss(model, samples[i], SliceGeometry(*samples[i].mask.shape, img_size), loss, rng, encode)
+        for j in range(rank, len(batch), ranks):
+            sample = samples[batch[j]]
+            clicks = np.random.default_rng([settings.seed, current.state.iteration, j])
+            value = sample_loss(model, sample, SliceGeometry(*sample.mask.shape, img_size), loss, clicks, encode)
             (value / len(batch)).backward()
             total += float(value)
+        if ranks > 1:
+            total = sum_across_ranks(params, total)
         optimizer.step()
         scheduler.step()
         return {"loss": total / len(batch)}
@@ -198,7 +236,6 @@ def train_adapter(
                 yield [int(i) for i in order[start : start + batch_size]]
 
     trainer = Engine(step)
-    ProgressBar(persist=True).attach(trainer, output_transform=lambda out: out)
     history: list[dict] = []
     best: dict = {"score": -1.0}
     validation_seconds = 0.0
@@ -223,11 +260,15 @@ def train_adapter(
             best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
 
     began = time.time()
-    if anchor_before is None:
-        anchor_before = measure(anchor_targets, GATE_CLICKS)
-    trainer.add_event_handler(Events.STARTED, run_validation)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=settings.val_every), run_validation)
+    if rank == 0:  # the other ranks wait for it in their first step's all-reduce
+        ProgressBar(persist=True).attach(trainer, output_transform=lambda out: out)
+        if anchor_before is None:
+            anchor_before = measure(anchor_targets, GATE_CLICKS)
+        trainer.add_event_handler(Events.STARTED, run_validation)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=settings.val_every), run_validation)
     trainer.run(batches(), epoch_length=settings.steps, max_epochs=1)
+    if rank != 0:
+        return None
     if trainer.state.iteration % settings.val_every:
         run_validation(trainer)
 

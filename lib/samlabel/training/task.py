@@ -8,6 +8,10 @@ ignite engine over SAM prompts rather than a dense-segmentation SupervisedTraine
 Each run is incremental: it starts from the served adapter version, trains on every saved label with
 those saved since that version drawn more often (the older ones are replayed so nothing is forgotten),
 records a new version, and publishes it only if the gate finds it no worse on held-out labels.
+
+MONAI Label's multi-GPU option (``multi_gpu`` with ``gpus`` ``all`` or a list such as ``0,1``) trains data
+parallel: one process per GPU (NCCL), or per listed rank on a machine without CUDA (gloo), each drawing the
+same batches and computing its share of them; rank 0 alone validates, gates, publishes and writes the stats.
 """
 
 from __future__ import annotations
@@ -15,20 +19,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.transforms import LoadImage
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from samlabel.adapters.versions import AdapterVersions, VersionRecord, now, publish_decision
-from samlabel.config import AppConfig
+from samlabel.config import AppConfig, ModelConfig
 from samlabel.datastore.local import image_id
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
+from samlabel.model.runtime import pick_device
 from samlabel.training.anchor import AnchorMetrics, anchor_weights, load_anchor_set
+from samlabel.training.lease import LEASE_FILE, TrainingLease
 from samlabel.training.loop import (
     TrainSettings,
     make_optimizer,
@@ -53,6 +65,34 @@ def load_pair(item: dict[str, str], cfg: AppConfig) -> tuple[str, np.ndarray, np
     if label.shape != volume.shape:
         raise ValueError(f"label {item['label']} has shape {label.shape}, image {volume.shape}")
     return image_id(item["image"]), normalize_volume(volume, **cfg.intensity), label
+
+
+@dataclass(frozen=True)
+class TrainingEngines:
+    """(adapter choice, trains the encoder) -> an engine on the torch runtime (autograd), as ``make_engine``.
+    Unlike a lambda or an app's bound method it pickles, so the ranks of a multi-GPU run can build their own.
+    An encoder that does not train runs on ``encoder_runtime`` (the server's, whose embeddings are stored
+    in ``encoder_dir``)."""
+
+    model_cfg: ModelConfig
+    cfg: AppConfig
+    encoder_dir: Path | None = None
+    encoder_runtime: str | None = None
+
+    def __call__(self, adapter: str, trains_encoder: bool) -> SamEngine:
+        encoder_runtime = "torch" if trains_encoder else self.encoder_runtime
+        return SamEngine(
+            self.model_cfg, self.cfg, adapter, "torch", encoder_dir=self.encoder_dir, encoder_runtime=encoder_runtime
+        )
+
+
+def ranks_requested(request: dict) -> int:
+    """The processes MONAI Label's ``BasicTrainTask.__call__`` starts for a request: one per GPU of ``gpus``
+    (``all``: every visible GPU, none without CUDA), if ``multi_gpu``."""
+    if not request.get("multi_gpu"):
+        return 1
+    gpus = request.get("gpus", "all")
+    return torch.cuda.device_count() if not gpus or gpus == "all" else len(str(gpus).split(","))
 
 
 class SamAdapterTrain(BasicTrainTask):
@@ -90,7 +130,56 @@ class SamAdapterTrain(BasicTrainTask):
     def val_inferer(self, context: Context):
         return None  # validation runs the serving path (simulated clicks through SamEngine), see loop.validate
 
+    def _on_gpu(self) -> bool:
+        return pick_device(self.cfg.device).type == "cuda"
+
+    def __call__(self, request, datastore):
+        """MONAI Label's, plus what its multi-process run needs: a backend (NCCL for an engine on CUDA, else gloo)
+        and a rendezvous every rank finds (a file in a fresh folder; MONAI Label's default, ``env://``, needs
+        MASTER_ADDR and MASTER_PORT). A task that does not pickle (spawn sends it to each rank) trains on one."""
+        request = dict(request)
+        if ranks_requested({**self._config, **request}) < 2:
+            return super().__call__(request, datastore)
+        try:
+            pickle.dumps(self)  # what torch.multiprocessing.spawn sends each rank
+        except Exception as e:  # a lambda, an app's bound method (the app holds threads and locks)
+            logger.warning("multi-GPU training needs a picklable make_engine (TrainingEngines); one process: %s", e)
+            return super().__call__({**request, "multi_gpu": False}, datastore)
+        rendezvous = tempfile.mkdtemp(prefix="samlabel-ranks-")
+        request.setdefault("distributed_backend", "nccl" if self._on_gpu() else "gloo")
+        request.setdefault("distributed_url", f"file://{rendezvous}/store")
+        try:
+            return super().__call__(request, datastore)
+        finally:
+            shutil.rmtree(rendezvous, ignore_errors=True)
+
     def train(self, rank, world_size, request, datalist):
+        """One rank's run: all of it on one process; with ``multi_gpu``, rank ``rank`` of ``world_size``."""
+        distributed = bool(request.get("multi_gpu")) and world_size > 1
+        if distributed:
+            torch.distributed.init_process_group(
+                request["distributed_backend"], init_method=request["distributed_url"], world_size=world_size, rank=rank
+            )
+            if self._on_gpu():  # this rank's GPU (as MONAI Label maps them), the engine's "cuda"
+                gpus = request.get("gpus", "all")
+                torch.cuda.set_device(rank if not gpus or gpus == "all" else int(str(gpus).split(",")[rank]))
+            else:  # the ranks share the CPU's cores
+                torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
+        running = threading.Event()
+        running.set()
+        lease = TrainingLease(self.versions.root / LEASE_FILE) if rank == 0 and request.get("lease") else None
+        if lease:  # renewed here too: the run goes on if its replica is killed
+            lease.keep_alive(request["lease"], running.is_set)
+        try:
+            return self._train(rank, request, datalist)
+        finally:
+            running.clear()
+            if lease:
+                lease.release(request["lease"])
+            if distributed:
+                torch.distributed.destroy_process_group()
+
+    def _train(self, rank, request, datalist):
         os.nice(TRAINING_NICENESS)  # the run is background work: annotators' clicks come first
         clock = {"started_at": time.time()}  # epoch seconds: the benchmark takes the start-up from it
         context = Context()
@@ -145,6 +234,8 @@ class SamAdapterTrain(BasicTrainTask):
             anchor_targets=anchor.validate,
             anchor_before=anchor_before,
         )
+        if report is None:  # not rank 0: rank 0 validates, gates, publishes and writes the stats
+            return {}
         if anchor_before is None:
             anchor_metrics.put(served.version, report["anchor"]["before"])
         anchor_metrics.put(version, report["anchor"]["best"])

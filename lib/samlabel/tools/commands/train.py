@@ -23,8 +23,7 @@ from monailabel.datastore.local import LocalDatastore
 from samlabel.adapters.choice import start_record
 from samlabel.adapters.versions import AdapterVersions
 from samlabel.config import load_app_config, load_model_config
-from samlabel.inference.engine import SamEngine
-from samlabel.training.task import SamAdapterTrain
+from samlabel.training.task import SamAdapterTrain, TrainingEngines
 
 
 def main(argv: list[str] | None = None) -> int | None:
@@ -48,8 +47,7 @@ def main(argv: list[str] | None = None) -> int | None:
     cfg = load_app_config(dict(args.conf))
     model_cfg = load_model_config(cfg.model)
     versions = AdapterVersions(args.out_dir, start_record(cfg.adapter, model_cfg.adapter))
-    training_engine = lambda adapter, _trains_encoder: SamEngine(model_cfg, cfg, adapter, "torch")  # noqa: E731 (autograd)
-    task = SamAdapterTrain(str(args.out_dir), cfg, versions, training_engine)
+    task = SamAdapterTrain(str(args.out_dir), cfg, versions, TrainingEngines(model_cfg, cfg))
     request = {
         "name": args.name,
         **({"max_steps": args.steps} if args.steps else {}),

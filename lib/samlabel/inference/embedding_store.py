@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -81,16 +82,19 @@ class EmbeddingStore:
 
     def _evict(self) -> None:
         with self._lock:
-            files = []
-            for path in self.folder.glob("*.npz"):
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:  # another process evicted it
-                    continue
-                files.append((stat.st_mtime, stat.st_size, path))
-            total = sum(size for _, size, _ in files)
-            for _, size, path in sorted(files):
-                if total <= self.max_bytes:
-                    break
-                path.unlink(missing_ok=True)
-                total -= size
+            evict_least_recent(self.folder.glob("*.npz"), self.max_bytes)
+
+
+def evict_least_recent(paths: Iterable[Path], max_bytes: int) -> None:
+    """Delete the least recently used (oldest mtime) of ``paths`` until the rest fit in ``max_bytes``."""
+    files = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):  # another process evicted it
+            stat = path.stat()
+            files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from samlabel.inference.embedding_store import evict_least_recent
+
 logger = logging.getLogger(__name__)
 
 Clicks = frozenset[tuple[int, ...]]
@@ -100,20 +102,7 @@ class SharedClickState:
             if due:
                 self._written = 0
         if due:
-            self._evict()
+            evict_least_recent(self.folder.glob("*/*.npz"), self.max_bytes)
 
     def forget(self, context: Hashable) -> None:
         shutil.rmtree(self._dir(context), ignore_errors=True)
-
-    def _evict(self) -> None:
-        files = []
-        for path in self.folder.glob("*/*.npz"):
-            with contextlib.suppress(FileNotFoundError):  # another replica evicted it
-                stat = path.stat()
-                files.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
-            if total <= self.max_bytes:
-                break
-            path.unlink(missing_ok=True)
-            total -= size

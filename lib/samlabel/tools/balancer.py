@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from samlabel.tools.local_server import stop_server
+
 INSTALL_HINT = "install it with: apt-get install nginx-light (or nginx)"
 
 
@@ -29,12 +31,7 @@ class Balancer:
     url: str
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_server(self.process)
 
 
 def nginx_binary() -> str:

@@ -1,5 +1,5 @@
 """What replicas behind a balancer share through the model folder: one training lease, one save count, and
-the click state. Real files and processes; the whole set-up (Orthanc, nginx, servers) is tests/e2e/test_replicas.py.
+the click state. Real files and processes; the whole set-up (Orthanc, nginx, servers) is in tests/e2e/test_replicas.py.
 """
 
 from __future__ import annotations

@@ -69,12 +69,18 @@ class TrainingLease:
                 self.path.unlink(missing_ok=True)
 
     def keep_alive(self, token: str, while_true: Callable[[], bool], every: float = RENEW_SECONDS) -> threading.Thread:
-        """Renew in a daemon thread while ``while_true()``; then release (the holder's run has ended)."""
+        """Renew every ``every`` seconds in a daemon thread while ``while_true()`` (checked every half second);
+        release as soon as it is not (the holder's run has ended: the next run need not wait for a renewal)."""
 
         def loop() -> None:
+            renewed = 0.0
             try:
-                while while_true() and self.renew(token):
-                    time.sleep(every)
+                while while_true():
+                    if time.monotonic() - renewed >= every:
+                        if not self.renew(token):
+                            return
+                        renewed = time.monotonic()
+                    time.sleep(0.5)
             finally:
                 self.release(token)
 

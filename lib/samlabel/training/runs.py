@@ -11,7 +11,6 @@ held until the run ends (its token travels in the request, so the run's own proc
 from __future__ import annotations
 
 import threading
-import time
 
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks
@@ -57,10 +56,5 @@ class TrainingRuns:
 
 
 def _still_active(task_id: str) -> bool:
-    """Whether this replica's task ``task_id`` is submitted or running (checked after a short grace, as MONAI
-    Label lists a task only once its thread has picked it up)."""
-    for _ in range(3):
-        if any(t["id"] == task_id and t["status"] in ACTIVE for t in tasks("train")):
-            return True
-        time.sleep(1.0)
-    return False
+    """Whether this replica's task ``task_id`` is submitted or running."""
+    return any(t["id"] == task_id and t["status"] in ACTIVE for t in tasks("train"))

@@ -42,7 +42,7 @@ class TrainingRuns:
                 return None, f"fine-tuning run {running['id']} is already {running['status'].lower()}"
             token, holder = self.lease.acquire(str(request.get("name", "")))
             if token is None:
-                return None, f"a fine-tuning run is going on another replica ({holder['host']}, pid {holder['pid']})"
+                return None, f"a fine-tuning run holds the training lease ({holder['host']}, pid {holder['pid']})"
             try:
                 task, detail = AsyncTask.run("train", request=request, params={**(params or {}), "lease": token})
             except BaseException:

@@ -16,7 +16,6 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,7 @@ class EmbeddingStore:
     def __init__(self, folder: Path, max_bytes: int):
         self.folder = Path(folder)
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._written = 0  # bytes written since the folder was last checked against max_bytes
+        self._files = NpzFolder(self.folder, max_bytes, "*.npz", "embedding store")
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
@@ -57,44 +55,50 @@ class EmbeddingStore:
         return embedding.to(device)
 
     def put(self, key: str, embedding: torch.Tensor) -> None:
-        if self.max_bytes <= 0:
-            return
-        array = embedding.detach().float().cpu().numpy()
+        if self.max_bytes > 0:
+            self._files.write(self._path(key), key=np.array(key), embedding=embedding.detach().float().cpu().numpy())
+
+
+class NpzFolder:
+    """``.npz`` files under ``folder`` (those matching ``pattern``), each renamed into place whole (not fsynced:
+    a file lost in a crash is only a miss), bounded in bytes: least recently used (oldest mtime) out first,
+    checked every ``max_bytes / 20`` written. A failed write (a full disk) only logs. Shared by the embedding
+    store and the click state (:mod:`samlabel.inference.shared_state`)."""
+
+    def __init__(self, folder: Path, max_bytes: int, pattern: str, what: str):
+        self.folder, self.max_bytes, self.pattern, self.what = Path(folder), max_bytes, pattern, what
+        self._lock = threading.Lock()
+        self._written = 0  # bytes written since the folder was last checked against max_bytes
+
+    def write(self, path: Path, **arrays: np.ndarray) -> None:
         tmp = None
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.folder)  # never matched by *.npz
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)  # never matched by *.npz
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, key=np.array(key), embedding=array)
-            os.replace(tmp, self._path(key))
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
         except OSError as e:
-            logger.warning("embedding store: not kept (%s)", e)
+            logger.warning("%s: not kept (%s)", self.what, e)
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
             return
         with self._lock:
-            self._written += array.nbytes
-            due = self._written >= self.max_bytes // 20
-            if due:
-                self._written = 0
-        if due:
+            self._written += sum(a.nbytes for a in arrays.values())
+            if self._written < self.max_bytes // 20:
+                return
+            self._written = 0
             self._evict()
 
     def _evict(self) -> None:
-        with self._lock:
-            evict_least_recent(self.folder.glob("*.npz"), self.max_bytes)
-
-
-def evict_least_recent(paths: Iterable[Path], max_bytes: int) -> None:
-    """Delete the least recently used (oldest mtime) of ``paths`` until the rest fit in ``max_bytes``."""
-    files = []
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):  # another process evicted it
-            stat = path.stat()
-            files.append((stat.st_mtime, stat.st_size, path))
-    total = sum(size for _, size, _ in files)
-    for _, size, path in sorted(files):
-        if total <= max_bytes:
-            break
-        path.unlink(missing_ok=True)
-        total -= size
+        files = []
+        for path in self.folder.glob(self.pattern):
+            with contextlib.suppress(FileNotFoundError):  # another process evicted it
+                stat = path.stat()
+                files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size

@@ -4,8 +4,8 @@ Behind a load balancer consecutive clicks of one annotator land on any replica. 
 :class:`~samlabel.inference.refinement.RefinementStore` remembers is also written here, under its context
 and click set, and a request looks here for the largest earlier subset of its clicks that its own memory
 lacks. Values go to ``.npz`` through the owner's codec (no pickles: other processes write this folder).
-Files are renamed into place whole; the folder is bounded in bytes (least recently used out first); an
-unreadable file is a miss, and a failed write only logs.
+Files are written and bounded as the embedding store's (:class:`~samlabel.inference.embedding_store.NpzFolder`);
+an unreadable file is a miss.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from samlabel.inference.embedding_store import evict_least_recent
+from samlabel.inference.embedding_store import NpzFolder
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +44,7 @@ class SharedClickState:
         self.max_bytes = max_bytes
         self.to_arrays = to_arrays
         self.from_arrays = from_arrays
-        self._lock = threading.Lock()
-        self._written = 0
+        self._files = NpzFolder(self.folder, max_bytes, "*/*.npz", "click state")
 
     def _dir(self, context: Hashable) -> Path:
         return self.folder / _digest(repr(context))
@@ -82,27 +79,8 @@ class SharedClickState:
         return value
 
     def put(self, context: Hashable, clicks: Clicks, value: Any) -> None:
-        folder = self._dir(context)
-        arrays = self.to_arrays(value)
-        tmp = None
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)  # never matched by *.npz
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, context=np.array(repr(context)), clicks=_clicks_array(clicks), **arrays)
-            os.replace(tmp, folder / f"{_digest(repr(sorted(clicks)))}.npz")
-        except OSError as e:
-            logger.warning("click state: not kept (%s)", e)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            return
-        with self._lock:
-            self._written += sum(a.nbytes for a in arrays.values())
-            due = self._written >= self.max_bytes // 20
-            if due:
-                self._written = 0
-        if due:
-            evict_least_recent(self.folder.glob("*/*.npz"), self.max_bytes)
+        path = self._dir(context) / f"{_digest(repr(sorted(clicks)))}.npz"
+        self._files.write(path, context=np.array(repr(context)), clicks=_clicks_array(clicks), **self.to_arrays(value))
 
     def forget(self, context: Hashable) -> None:
         shutil.rmtree(self._dir(context), ignore_errors=True)

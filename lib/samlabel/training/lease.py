@@ -11,7 +11,6 @@ locks), so two replicas asking at once never both get the lease.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import threading
@@ -21,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from samlabel.atomic_write import locked, write_json
-
-logger = logging.getLogger(__name__)
 
 LEASE_FILE = "training.lease"  # in the trainer's folder
 LEASE_TTL_SECONDS = 30.0

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "results").rglob("*.md"))]
 APP_YAML = ROOT / "lib" / "samlabel" / "configs" / "app.yaml"
 SHELL_LANGUAGES = {"", "bash", "sh", "console", "shell"}
-NOT_RUN_HERE = {"serve", "test", "_env.sh"}  # ./scripts/serve and ./scripts/test: the e2e tests and CI run them
+# ./scripts/serve and ./scripts/test: the e2e tests and CI run them; scripts/build_ohif: a node build, which CI runs
+NOT_RUN_HERE = {"serve", "test", "_env.sh", "build_ohif"}
 # --conf keys that MONAI Label itself reads from a MONAILabelApp's conf (monailabel 0.8.5,
 # monailabel/interfaces/app.py: MONAILabelApp.__init__); samlabel leaves unknown keys to MONAI Label
 MONAI_LABEL_CONF = {"server_mode"}

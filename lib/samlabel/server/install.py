@@ -15,6 +15,7 @@ from monailabel.config import settings
 from samlabel.adapters.versions import AdapterVersions
 from samlabel.server.auth import install_token_check
 from samlabel.server.cors import restrict_cors
+from samlabel.server.ohif_mode import mount_ohif_mode
 from samlabel.server.request_limits import BodyLimit
 from samlabel.server.routes import install_routes
 from samlabel.server.versions_api import versions_router
@@ -37,6 +38,7 @@ def install(versions: AdapterVersions, max_params_bytes: int, allowed_origins: l
 
     server.include_router(versions_router(versions), prefix=settings.MONAI_LABEL_API_STR)
     install_routes(server, max_params_bytes)
+    mount_ohif_mode(server)
     install_token_check()
     stack = server.middleware_stack or server.build_middleware_stack()
     restrict_cors(stack, allowed_origins)

@@ -13,7 +13,7 @@ from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.commands.make_anchor_set import REPLAY_SEEDS, VALIDATE_SEEDS, anchor_slices
 from samlabel.tools.sample_data import ACTIVE_LEARNING_SPLIT, make_cardiac_phantom
 from samlabel.training.anchor import ANCHOR_FILE, AnchorMetrics, anchor_weights, load_anchor_set
-from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, spread, train_adapter
+from samlabel.training.loop import BestState, TrainSettings, ValTarget, prepare_model, spread, train_adapter
 from samlabel.training.samples import slice_samples
 
 GOOD = {"dice_1": 0.9, "dice_3": 0.92, "dice_5": 0.93, "dice_box": 0.9}
@@ -37,7 +37,7 @@ def test_anchor_slices_spread_over_ct_and_mr() -> None:
     anchor = load_anchor_set(app_defaults().train["anchor_slices"])
     slices = {t.name.split("/")[1] for t in anchor.validate}
     assert len(slices) == 8 and {s[:2] for s in slices} == {"ct", "mr"}
-    assert len(anchor.replay) == 6 and all(v.shape[2] == 1 for _, v, _ in anchor.replay)
+    assert len(anchor.replay) == 8 and all(v.shape[2] == 1 for _, v, _ in anchor.replay)
     assert load_anchor_set(0) == type(anchor)([], [])
 
 
@@ -61,12 +61,32 @@ def test_a_run_that_forgets_is_rejected_on_the_anchor_set(tmp_path) -> None:
     settings = TrainSettings.from_request(request)
     prepare_model(engine, settings)
     anchor = load_anchor_set(2)
-    report = train_adapter(engine, samples, hearts, settings, tmp_path / "v.pt", "v", anchor_targets=anchor.validate)
+    report = train_adapter(
+        engine, samples, hearts, settings, tmp_path / "v.pt", "v", anchor_targets=anchor.validate, anchor_tolerance=0.02
+    )
     before, after = report["anchor"]["before"], report["anchor"]["best"]
     assert set(before) == set(after) == set(GATED_METRICS), "the anchor is validated as far as the gate looks"
     assert before["dice_1"] > 0.8 and after["dice_1"] < before["dice_1"] - 0.2, report["anchor"]
+    (checkpoint,) = report["anchor"]["checkpoints"]  # no state held, so the last is kept and refused
+    assert checkpoint["step"] == 3 and "anchor dice_1" in checkpoint["drops"][0]
     publish, reason = publish_decision(report["best"], report["before"], cfg.publish_tolerance, after, before)
     assert not publish and "anchor dice_1" in reason
+
+
+def test_a_run_keeps_its_best_state_among_those_that_hold_on_the_anchor_set() -> None:
+    """A later state that scores higher on the new labels but forgets the anchor set is not kept while an
+    earlier one holds; when none holds the best of all is kept (and the gate refuses it)."""
+    best = BestState()
+    best.offer(0.70, {"step": 50}, {"dice_1": 0.90}, [], lambda: "step 50")
+    assert best.worth_measuring(0.80) and not best.worth_measuring(0.70)
+    best.offer(0.85, {"step": 100}, {"dice_1": 0.85}, ["anchor dice_1 0.850 < served 0.900 - 0.02"], lambda: "step 100")
+    best.offer(0.75, {"step": 150}, {"dice_1": 0.89}, [], lambda: "step 150")
+    assert best.chosen()["state"] == "step 150" and best.chosen()["anchor"] == {"dice_1": 0.89}
+    forgetful = BestState()
+    forgetful.offer(0.6, {"step": 50}, {"dice_1": 0.5}, ["anchor dice_1"], lambda: "step 50")
+    forgetful.offer(0.8, {"step": 100}, {"dice_1": 0.4}, ["anchor dice_1"], lambda: "step 100")
+    forgetful.offer(0.7, {"step": 150}, {"dice_1": 0.45}, ["anchor dice_1"], lambda: "step 150")
+    assert forgetful.chosen()["state"] == "step 100"
 
 
 def test_validation_is_capped_and_spread_over_every_image() -> None:

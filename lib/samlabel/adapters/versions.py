@@ -74,18 +74,22 @@ def publish_decision(
     checks = [("", candidate, served)]
     if candidate_anchor and served_anchor:
         checks.append(("anchor ", candidate_anchor, served_anchor))
-    drops = [
-        f"{where}{k} {new[k]:.3f} < served {old[k]:.3f} - {tolerance}"
-        for where, new, old in checks
-        for k in GATED_METRICS
-        if new[k] < old[k] - tolerance
-    ]
-    if drops:
-        return False, "worse than the served version: " + "; ".join(drops)
+    found = [drop for where, new, old in checks for drop in drops(new, old, tolerance, where)]
+    if found:
+        return False, "worse than the served version: " + "; ".join(found)
     gains = "; ".join(
         ", ".join(f"{where}{k} {old[k]:.3f} -> {new[k]:.3f}" for k in GATED_METRICS) for where, new, old in checks
     )
     return True, f"not worse than the served version within {tolerance}: {gains}"
+
+
+def drops(new: dict[str, float], old: dict[str, float], tolerance: float, where: str = "") -> list[str]:
+    """The gated metrics on which ``new`` is more than ``tolerance`` below ``old``, as the gate words them."""
+    return [
+        f"{where}{k} {new[k]:.3f} < served {old[k]:.3f} - {tolerance}"
+        for k in GATED_METRICS
+        if new[k] < old[k] - tolerance
+    ]
 
 
 class AdapterVersions:

@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from samlabel.adapters.layers import (
     set_trainable,
     trainable_filter,
 )
-from samlabel.adapters.versions import GATE_CLICKS
+from samlabel.adapters.versions import GATE_CLICKS, drops
 from samlabel.evaluation.metrics import box_dice, click_dice, largest_slice, targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.geometry import SliceGeometry
@@ -172,13 +173,17 @@ def train_adapter(
     sample_weights: np.ndarray | None = None,
     anchor_targets: list[ValTarget] | None = None,
     anchor_before: dict[str, float] | None = None,
+    anchor_tolerance: float | None = None,
 ) -> dict | None:
     """Train ``engine.model`` (prepared by :func:`prepare_model`) in place; write the best as an adapter file.
 
     ``sample_weights`` make some samples (e.g. from newly saved labels) come up more often; without
     them each pass visits every sample once. ``anchor_targets`` (the anchor set's) are validated, as far as the
     gate looks (:data:`~samlabel.adapters.versions.GATE_CLICKS`), before training (unless ``anchor_before``
-    already holds the served version's figures) and with the best state; they never choose the best state.
+    already holds the served version's figures) and with each state that would be the best; with
+    ``anchor_tolerance`` (the gate's) the best state is the best of those the gate would let through on the
+    anchor set, so a run that forgets late still publishes its earlier state (the best by validation alone,
+    when none holds: the gate then refuses it).
     The file keeps the parts the engine's adapter already had, so a decoder-only run on top of encoder
     adapters keeps them.
     Returns the report: validation before and during training, the best metrics, the trainable share.
@@ -237,7 +242,8 @@ def train_adapter(
 
     trainer = Engine(step)
     history: list[dict] = []
-    best: dict = {"score": -1.0}
+    best = BestState()
+    checkpoints: list[dict] = []  # the anchor figures of each state measured
     validation_seconds = 0.0
 
     def measure(targets: list[ValTarget] | None, clicks: int = VALIDATION_CLICKS) -> dict[str, float]:
@@ -256,8 +262,14 @@ def train_adapter(
         metrics["step"] = current.state.iteration
         history.append(metrics)
         logger.info("validation at step %d: %s", current.state.iteration, metrics)
-        if current.state.iteration > 0 and score(metrics) > best["score"]:
-            best.update(score=score(metrics), metrics=metrics, state=copy.deepcopy(_trainable_state(model, settings)))
+        if current.state.iteration == 0 or not best.worth_measuring(score(metrics)):
+            return
+        anchor = measure(anchor_targets, GATE_CLICKS)
+        forgets = (
+            drops(anchor, anchor_before, anchor_tolerance, "anchor ") if anchor and anchor_tolerance is not None else []
+        )
+        checkpoints.append({"step": current.state.iteration, **anchor, "drops": forgets})
+        best.offer(score(metrics), metrics, anchor, forgets, lambda: copy.deepcopy(_trainable_state(model, settings)))
 
     began = time.time()
     if rank == 0:  # the other ranks wait for it in their first step's all-reduce
@@ -272,8 +284,9 @@ def train_adapter(
     if trainer.state.iteration % settings.val_every:
         run_validation(trainer)
 
-    model.load_state_dict(best["state"], strict=False)
-    anchor_best = measure(anchor_targets, GATE_CLICKS)
+    chosen = best.chosen()
+    model.load_state_dict(chosen["state"], strict=False)
+    anchor_best = chosen["anchor"]
     model.eval()
     kept = engine.adapter.parts if engine.adapter else ()
     kind = adapter_kind(model) or "plain"
@@ -283,7 +296,7 @@ def train_adapter(
         base_sha256=engine.base_sha256,
         ratio=engine.adapter.ratio if engine.adapter and "adapters" in kept else settings.adapter_ratio,
         parts=tuple(dict.fromkeys(settings.parts + tuple(kept))),
-        metrics=best["metrics"],
+        metrics=chosen["metrics"],
         notes={"samples": len(samples), "validation_targets": len(val_targets), "settings": _jsonable(settings)},
         kind=kind,
         depth=engine.stack_depth,
@@ -300,13 +313,43 @@ def train_adapter(
         "seconds": round(time.time() - began, 1),  # steps and validation
         "validation_seconds": round(validation_seconds, 1),
         "before": history[0],
-        "best": best["metrics"],
-        "anchor": {"before": anchor_before, "best": anchor_best, "targets": len(anchor_targets or [])},
+        "best": chosen["metrics"],
+        "anchor": {
+            "before": anchor_before,
+            "best": anchor_best,
+            "targets": len(anchor_targets or []),
+            "checkpoints": checkpoints,
+        },
         "history": history,
         "settings": _jsonable(settings),
     }
     out_file.with_suffix(".json").write_text(json.dumps(report, indent=2))
     return report
+
+
+class BestState:
+    """The state a run keeps: the best by validation :func:`score` among those that hold on the anchor set
+    (no gated metric more than the gate's tolerance below the served version's), so a run that forgets late
+    publishes an earlier state; the best of all when none holds, which the gate then refuses."""
+
+    def __init__(self):
+        self.holding: dict | None = None
+        self.forgetting: dict | None = None
+
+    def worth_measuring(self, value: float) -> bool:
+        """Whether a state scoring ``value`` could be chosen, so its anchor figures are worth measuring."""
+        return self.holding is None or value > self.holding["score"]
+
+    def offer(self, value: float, metrics: dict, anchor: dict, drops: list[str], state: Callable[[], dict]) -> None:
+        """A state with its validation ``metrics``, its ``anchor`` figures and their ``drops``; ``state()``
+        copies it, only when it is kept."""
+        which = "forgetting" if drops else "holding"
+        kept = getattr(self, which)
+        if kept is None or value > kept["score"]:
+            setattr(self, which, {"score": value, "metrics": metrics, "anchor": anchor, "state": state()})
+
+    def chosen(self) -> dict:
+        return self.holding or self.forgetting
 
 
 def _trainable_state(model: torch.nn.Module, settings: TrainSettings) -> dict[str, torch.Tensor]:

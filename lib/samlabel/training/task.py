@@ -233,6 +233,7 @@ class SamAdapterTrain(BasicTrainTask):
             sample_weights=weights,
             anchor_targets=anchor.validate,
             anchor_before=anchor_before,
+            anchor_tolerance=self.cfg.publish_tolerance,
         )
         if report is None:  # not rank 0: rank 0 validates, gates, publishes and writes the stats
             return {}

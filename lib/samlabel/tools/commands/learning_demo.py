@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps of each run (default: the app's)")
     parser.add_argument("--lr", type=float, default=None, help="train.learning_rate of each run (default: the app's)")
+    parser.add_argument(
+        "--server-conf", nargs="*", default=[], metavar="KEY VALUE", help="more --conf pairs for the server"
+    )
     parser.add_argument("--real", action="store_true", help="learn real brain nuclei (data/real, see above)")
     parser.add_argument("--data", type=Path, default=Path("data/real"), help="the real split (with --real)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/learning_demo (results/real/...)")
@@ -202,6 +205,9 @@ def main(argv: list[str] | None = None) -> int | None:
         conf += ["train.max_steps", str(args.steps), "train.val_every", str(max(args.steps // 3, 1))]
     if args.lr:
         conf += ["train.learning_rate", str(args.lr)]
+    if len(args.server_conf) % 2:
+        parser.error("--server-conf takes KEY VALUE pairs")
+    conf += args.server_conf
     proc, url = start_server(work / "studies", work / "server.log", *conf)
     began = time.time()
     try:

@@ -23,8 +23,8 @@ from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.sample_data import make_ct_phantom, make_mr_phantom
 from samlabel.training.anchor import ANCHOR_FILE, load_anchor_set
 
-VALIDATE_SEEDS = {"ct": (3000, 3001), "mr": (3000, 3001)}
-REPLAY_SEEDS = {"ct": (3100,), "mr": (3100,)}
+VALIDATE_SEEDS = {"ct": (3000, 3001, 3002), "mr": (3000, 3001, 3002)}
+REPLAY_SEEDS = {"ct": (3100, 3101, 3102), "mr": (3100, 3101, 3102)}
 PHANTOMS = {"ct": make_ct_phantom, "mr": make_mr_phantom}
 
 

@@ -37,8 +37,8 @@ class OpenVinoEncoder:
     embedding in the store never compiles it). One inference request per calling thread: a click and the
     prefetcher may encode at once, and a request must not be shared between threads."""
 
-    def __init__(self, graph: bytes, exported: bool):
-        self.graph, self.exported = graph, exported
+    def __init__(self, graph: bytes, exported: bool, precision: str = "f32"):
+        self.graph, self.exported, self.precision = graph, exported, precision  # bf16: scripts/precision_check
         self._compiled = None
         self._compile_lock = threading.Lock()
         self._requests = threading.local()
@@ -51,7 +51,7 @@ class OpenVinoEncoder:
                 began = time.perf_counter()
                 model = ov.convert_model(io.BytesIO(self.graph))
                 self._compiled = ov.Core().compile_model(
-                    model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+                    model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
                 )
                 logger.info("image encoder compiled for OpenVINO in %.1f s", time.perf_counter() - began)
             return self._compiled

@@ -1,10 +1,10 @@
 """Would the image encoder at OpenVINO's bf16 keep today's masks? Speed and agreement against fp32.
 
-OpenVINO picks bf16 by itself on CPUs with bf16 instructions (about 1.7x faster here); the server pins
-fp32. This measures what bf16 would change, on the real CT/MR eval split (TotalSegmentator masks): for
-every structure, the box-prompt mask on its largest slice (2-D) and ``sam_3d`` grown from it (3-D, the
-server's propagation), at fp32 and at bf16, in-process with the served default model; Dice between the
-two precisions' masks (not against the ground truth), and seconds per encoded slice.
+OpenVINO picks bf16 by itself on CPUs with bf16 instructions (faster); the server pins fp32. This
+measures what bf16 would change, on the real CT/MR eval split (TotalSegmentator masks): for every
+structure, the box-prompt mask on its largest slice (2-D) and ``sam_3d`` grown from it (3-D, the server's
+propagation), at fp32 and at bf16, in-process with the served default model; Dice between the two
+precisions' masks (not against the ground truth), and seconds per encoded slice.
 
     scripts/precision_check [--data data/real/eval] [--out results/precision_check]
 Writes OUT.json. Run scripts/make_sample_data --real first.
@@ -28,17 +28,19 @@ from samlabel.inference.geometry import mask_box
 from samlabel.inference.preprocess import normalize_volume
 from samlabel.inference.propagation import PropagationSettings, propagate
 from samlabel.model.openvino_runtime import OpenVinoEncoder
+from samlabel.tools.server_evaluation import studies_cases
 
 
 def structures(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(study/structure, [0, 1] volume, mask)`` for every structure of a labelled folder."""
+    """``(study/structure, [0, 1] volume, mask)`` for every structure of a labelled folder (its
+    ``labels.json`` names the label values)."""
     names = json.loads((folder / "labels.json").read_text())
     rows = []
-    for study, labels in names.items():
-        volume01 = normalize_volume(np.asarray(nib.load(folder / f"{study}.nii.gz").dataobj))
-        label = np.asarray(nib.load(folder / "labels" / "final" / f"{study}.nii.gz").dataobj)
-        masks = {name: label == value for name, value in labels.items()}
-        rows += [(f"{study}/{name}", volume01, mask) for name, mask in masks.items() if mask.any()]
+    for case in studies_cases(folder):
+        volume01 = normalize_volume(np.asarray(nib.load(case.image).dataobj))
+        label = np.asarray(nib.load(case.truth).dataobj)
+        masks = {name: label == value for name, value in names[case.image_id].items()}
+        rows += [(f"{case.image_id}/{name}", volume01, mask) for name, mask in masks.items() if mask.any()]
     return rows
 
 

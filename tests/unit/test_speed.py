@@ -16,7 +16,7 @@ import torch
 from samlabel.config import load_app_config, load_model_config
 from samlabel.evaluation.metrics import roi_of
 from samlabel.inference.engine import SamEngine
-from samlabel.inference.geometry import mask_box
+from samlabel.inference.geometry import mask_box, volume_slice
 from samlabel.inference.image_cache import CachedLoadImaged
 from samlabel.inference.prefetch import nearest_slices
 from samlabel.inference.preprocess import normalize_volume
@@ -49,7 +49,7 @@ def click_prompts(engine, volume01, truth, k):
     centre = np.array([[rows.mean(), cols.mean()]])
     off = np.array([[rows.min() - 5.0, cols.min() - 5.0]])
     three = np.concatenate([centre, centre + [[4, -3]], off])
-    box = mask_box(truth[:, :, k], 2)
+    box = mask_box(volume_slice(truth, k), 2)
     return [
         (geometry.voxels_to_model(centre), np.array([1]), None),
         (geometry.voxels_to_model(three), np.array([1, 1, 0]), None),

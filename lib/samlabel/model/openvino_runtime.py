@@ -2,7 +2,7 @@
 
 It runs the encoder graph that :func:`samlabel.model.onnx_runtime.encoder_graph` exports, at fp32:
 OpenVINO's own default on CPUs with bf16 instructions is bf16, whose masks here agree with fp32's only at
-Dice 0.977 in 2-D and 0.923 after sam_3d's propagation (``scripts/precision_check``), so the precision is
+Dice 0.993 in 2-D but 0.951 after sam_3d's propagation (``scripts/precision_check``), so the precision is
 pinned. The prompt encoder and mask decoder stay on ONNX Runtime.
 """
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from samlabel.inference.geometry import SliceGeometry, mask_box, put_slice, slice_geometry, volume_slice
 
@@ -70,3 +71,20 @@ def test_mask_box_is_inclusive_and_clipped():
     assert mask_box(mask) == (3, 8, 2, 4)
     assert mask_box(mask, margin=5) == (0, 11, 0, 9)
     assert mask_box(np.zeros((4, 4), dtype=bool)) is None
+
+
+@pytest.mark.parametrize("shape", [(160, 128, 1), (37, 301, 1), (97, 97, 1)])
+def test_a_slice_mask_mapped_to_logits_comes_back_as_itself(shape):
+    """slice_to_logits inverts logits_to_slice for a mask: thresholded at half cover it comes back, but for
+    voxels next to its border (one low-res logit spans up to ~5 voxels of these slices)."""
+    geometry = slice_geometry(shape, 256)
+    mask = np.zeros((shape[1], shape[0]), dtype=bool)
+    mask[shape[1] // 4 : shape[1] // 2, shape[0] // 3 : 2 * shape[0] // 3] = True
+    cover = geometry.slice_to_logits(mask, (64, 64))
+    assert cover.shape == (64, 64) and float(cover.min()) >= 0 and float(cover.max()) <= 1
+    h, w = geometry.resized
+    assert float(cover[(h + 3) // 4 :, :].sum() + cover[:, (w + 3) // 4 :].sum()) == 0, "nothing in the padding"
+    back = geometry.logits_to_slice((cover - 0.5)[None])[0].numpy() > 0
+    from_border = np.minimum(ndimage.distance_transform_cdt(mask), ndimage.distance_transform_cdt(~mask))
+    wrong = back != mask
+    assert wrong.sum() < 0.1 * mask.sum() and from_border[wrong].max(initial=0) <= 3

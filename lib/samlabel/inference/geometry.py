@@ -78,6 +78,12 @@ class SliceGeometry:
         x = F.interpolate(x[..., :h, :w], (self.height, self.width), mode="bilinear", align_corners=False)
         return x.reshape(*lead, self.height, self.width)
 
+    def slice_to_logits(self, mask_hw: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """Inverse of :meth:`logits_to_slice` for a mask: the share of each low-res logit's footprint that an
+        ``(H, W)`` slice mask covers, ``size`` ``(h, w)``, in [0, 1]."""
+        resized = self.image_to_model(torch.from_numpy(np.asarray(mask_hw, dtype=np.float32))[None])
+        return F.interpolate(resized[None], size, mode="area")[0, 0]
+
 
 def slice_geometry(volume_shape: tuple[int, ...], img_size: int) -> SliceGeometry:
     """Geometry of any axial slice of a volume of shape ``(I, J, K)``."""

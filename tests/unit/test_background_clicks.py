@@ -45,3 +45,13 @@ def test_clicks_outside_the_mask_change_nothing():
     geometry, result = slice_geometry(SHAPE, 256), two_parts()
     same = honour_background_clicks(geometry, clicks([[5, 5, 4]], [[60, 50, 4]]), result)
     assert same is result
+
+
+def test_inside_an_roi_range_a_click_never_empties_the_slice():
+    """With an roi the user has said the object spans its slices: emptying one would cut off the rest."""
+    geometry, result = slice_geometry(SHAPE, 256), two_parts()
+    one_part = SliceResult(result.mask & (np.arange(SHAPE[0]) < 50)[None, :], result.logits, result.iou)
+    roi = {"roi": [5, 45, 5, 45, 2, 6], "slice": 4, "background": [[20, 25, 4]]}
+    prompt = parse_prompt(roi, SHAPE, {"organ": 1})
+    assert honour_background_clicks(geometry, prompt, one_part) is one_part
+    assert not honour_background_clicks(geometry, clicks(background=[[20, 25, 4]]), one_part).mask.any()

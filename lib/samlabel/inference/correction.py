@@ -70,7 +70,10 @@ def result_from_arrays(arrays: dict[str, np.ndarray]) -> Result3D:
 
 def honour_background_clicks(geometry: SliceGeometry, prompt: Prompt, result: SliceResult) -> SliceResult:
     """``result`` without the connected parts of its mask that hold a background click of ``prompt`` and no
-    foreground click; the logits there are set below zero, so a propagation from it does not bring them back."""
+    foreground click; the logits there are set below zero, so a propagation from it does not bring them back.
+
+    Emptying the slice cuts off the 3-D mask behind it (:func:`joined`): right for a leak past the object's
+    end, wrong inside an roi's slice range, where the user has said the object is; there SAM's answer stands."""
     parts, _ = ndimage.label(result.mask)
     held = {int(parts[j, i]) for (i, j), label in zip(prompt.points_ij, prompt.point_labels, strict=True) if label}
     hit = {int(parts[j, i]) for (i, j), label in zip(prompt.points_ij, prompt.point_labels, strict=True) if not label}
@@ -78,6 +81,8 @@ def honour_background_clicks(geometry: SliceGeometry, prompt: Prompt, result: Sl
     if not drop:
         return result
     removed = np.isin(parts, drop)
+    if prompt.k_range and not (result.mask & ~removed).any():
+        return result
     covered = geometry.slice_to_logits(removed, tuple(result.logits.shape[-2:])).to(result.logits.device)
     logits = result.logits.masked_fill(covered > 0.25, OFF_LOGIT)
     return SliceResult(result.mask & ~removed, logits, result.iou)

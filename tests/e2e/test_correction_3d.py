@@ -64,6 +64,22 @@ def test_a_click_on_a_far_slice_fixes_a_3d_mask_that_went_astray(tube):
     assert np.array_equal(corrected[..., :JUMP], first[..., :JUMP]), "the part already right is kept as it was"
 
 
+def test_a_background_click_on_the_part_that_went_astray_removes_it_there(tube):
+    """Above the jump the first propagation keeps a disk where the tube was; SAM alone, given the old mask,
+    keeps most of it under a background click. The click's part goes; below the jump nothing changes."""
+    client, truth, _ = tube
+    first_click = [BELOW[0], BELOW[1], 3]  # a slice no other test starts from: the server keeps their states
+    first, _ = sam_3d(client, {"foreground": [first_click]})
+    astray = [k for k in range(JUMP, truth.shape[2]) if first[BELOW[0], BELOW[1], k]]
+    assert astray, "precondition: the first propagation goes astray past the jump"
+    k = astray[0]
+    corrected, result = sam_3d(client, {"foreground": [first_click], "background": [[*BELOW, k]]})
+    assert result["refined"] and result["corrected"] == [k]
+    assert corrected[..., k].sum() <= 0.02 * first[..., k].sum(), "the clicked part is gone"
+    assert np.array_equal(corrected[..., :JUMP], first[..., :JUMP])
+    assert dice(corrected, truth) > dice(first, truth)
+
+
 def test_clicks_on_several_slices_in_one_request_are_all_honoured(tube):
     """3D Slicer sends every point of a dimension-3 model, on whichever slices they were placed."""
     client, truth, _ = tube

@@ -7,10 +7,11 @@ largest strict subset of its clicks: two viewers never share a result, and ``res
 Every slice that holds clicks (or the box) is an anchor. A request re-segments the anchors whose clicks
 changed, each with all its clicks and the current mask on it as ``mask_input``; a background click that
 SAM left inside the mask removes the part of the mask it lies in (unless a foreground click holds that
-part too), since SAM with the old mask as its input often barely moves. From each changed anchor it
-re-propagates both ways until a slice's new mask agrees with what is there (Dice at least
-``propagation_agreement``) or SAM's predicted IoU of what is there is higher, the next anchor, or where
-the walk ends (the mask vanishes or SAM's IoU drops); the previous result beyond is kept. Finally only
+part too; inside an roi's slice range it never empties the slice), since SAM with the old mask as its
+input often barely moves. From each changed anchor it re-propagates both ways until a slice's new mask
+agrees with what is there (Dice at least ``propagation_agreement``) or SAM's predicted IoU of what is
+there is higher, the next anchor, or where the walk ends (the mask vanishes or SAM's IoU drops); the
+previous result beyond is kept. Finally only
 slices joined to an anchor with a mask by unbroken masks stay, so a background click that empties a
 slice cuts off everything behind it: that is how a leak past the object's end is removed.
 
@@ -127,7 +128,7 @@ def segment_3d(
     for a in changed:
         previous = result[a].logits if a in result else None
         start, _ = segment_prompt(engine, slices_2d, volume01, prompt.at(a), image_key, mask_input=previous)
-        start = honour_background_clicks(engine.geometry(volume01.shape), prompt.at(a), start)
+        pass
         result[a] = start
         if not start.mask.any():
             continue

@@ -128,7 +128,7 @@ def segment_3d(
     for a in changed:
         previous = result[a].logits if a in result else None
         start, _ = segment_prompt(engine, slices_2d, volume01, prompt.at(a), image_key, mask_input=previous)
-        pass
+        start = honour_background_clicks(engine.geometry(volume01.shape), prompt.at(a), start)
         result[a] = start
         if not start.mask.any():
             continue

@@ -157,3 +157,23 @@ def test_bf16_autocast_segments_like_fp32(torch_engine, phantom):
         expected, got = (e.segment(volume01, k, points, labels, box) for e in (torch_engine, bf16))
         overlap = 2 * (expected.mask & got.mask).sum() / (expected.mask.sum() + got.mask.sum())
         assert got.logits.dtype == torch.float32 and overlap > 0.95
+
+
+def test_bf16_on_cpu_is_openvinos_encoder_keyed_apart_from_fp32(torch_engine, phantom):
+    """``precision bf16`` on CPU compiles OpenVINO's encoder at bf16 (where the CPU has it), keeps the
+    decoder at fp32, stores embeddings under their own key, and keeps the masks close to fp32's."""
+    import openvino as ov
+
+    volume01, truth = phantom
+    bf16 = make_engine(precision="bf16", prefetch_slices=0)
+    fp32 = make_engine(prefetch_slices=0)
+    assert (bf16.runtime, bf16.encoder_runtime, bf16.autocast_dtype) == ("openvino", "openvino", None)
+    assert bf16.encoder_label == fp32.encoder_label + "-bf16", "a shared store never mixes the precisions"
+    compiled = bf16._graph_encoder[1].compile()
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    for points, labels, box in click_prompts(bf16, volume01, truth, k)[::2]:  # a click, a box
+        expected, got = (e.segment(volume01, k, points, labels, box) for e in (fp32, bf16))
+        overlap = 2 * (expected.mask & got.mask).sum() / (expected.mask.sum() + got.mask.sum())
+        assert expected.mask.sum() > 100 and overlap > 0.95

@@ -78,7 +78,9 @@ class SamEngine:
         self.runtime = pick_runtime(runtime or app_cfg.runtime, self.device, app_cfg.precision)
         self.encoder_runtime = pick_runtime(encoder_runtime or self.runtime, self.device, app_cfg.precision)
         self.encoder_dir = encoder_dir
-        self.autocast_dtype = torch.bfloat16 if app_cfg.precision == "bf16" else None
+        self.precision = app_cfg.precision
+        # bf16 on a graph runtime is OpenVINO's encoder alone (the decoder stays fp32 there, and in a trainer)
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" and self.encoder_runtime == "torch" else None
         self.encoder_batch = app_cfg.encoder_batch or (16 if self.device.type == "cuda" else 1)
         self.weights_path = resolve_weights(model_cfg.weights, app_cfg.checkpoint or None)
         self.base_sha256 = sha256_file(self.weights_path)
@@ -161,6 +163,7 @@ class SamEngine:
                     self.model_cfg.img_size,
                     encoder_version,
                     self.encoder_runtime,
+                    self.precision,
                     self._graph_encoder,
                     graphs,
                     serving=self.runtime in GRAPH_RUNTIMES,  # else a trainer's engine: compiled if it encodes
@@ -171,6 +174,11 @@ class SamEngine:
             logger.warning("ONNX export failed, serving with PyTorch: %s", e)
             self.runtime = self.encoder_runtime = "torch"
             return None, None
+
+    @property
+    def encoder_label(self) -> str:
+        """The encoder's runtime, version and precision, as embedding keys name them."""
+        return runtime_label(self.encoder_runtime, self.precision)
 
     def geometry(self, volume_shape: tuple[int, ...]) -> SliceGeometry:
         return slice_geometry(volume_shape, self.model_cfg.img_size)
@@ -205,7 +213,7 @@ class SamEngine:
         """
         n_slices = volume01.shape[2]
         units = list(dict.fromkeys(self.stack(n_slices, k) for k in ks))  # slices encoded in one call
-        keys = embedding_keys(volume01, units, self.encoder_version, runtime_label(self.encoder_runtime), condition)
+        keys = embedding_keys(volume01, units, self.encoder_version, self.encoder_label, condition)
         found = {key: self.embeddings.get(key) for key in keys.values()}
         todo = [unit for unit in units if any(found[keys[k]] is None for k in unit)]
         while todo:
@@ -238,7 +246,7 @@ class SamEngine:
         disk = self.embeddings.disk
         if disk is None or self.stack_depth > 1 or self.conditioned:
             return 0
-        keys = embedding_keys(volume01, [(k,) for k in ks], self.encoder_version, runtime_label(self.encoder_runtime))
+        keys = embedding_keys(volume01, [(k,) for k in ks], self.encoder_version, self.encoder_label)
         missing = [k for k in ks if not disk.has(keys[k])]
         for k in missing:
             disk.put(keys[k], self._encode(self.model_input(volume01, k)[None], background=True))
@@ -298,6 +306,7 @@ class SamEngine:
             "version": self.version,
             "runtime": self.runtime,
             "encoder_runtime": self.encoder_runtime,
+            "precision": self.precision,
             "device": str(self.device),
             "encoder_runs": self.encoder_runs,
             "refused_adapters": dict(self.refused),

@@ -1,7 +1,9 @@
 """Where SAM runs: the device, and PyTorch, ONNX Runtime or OpenVINO (``--conf device``, ``--conf runtime``).
 
 ``openvino`` runs the image encoder on OpenVINO and the prompt encoder + mask decoder on ONNX Runtime: the
-decoder is small, the encoder is nearly all of a cold volume's time."""
+decoder is small, the encoder is nearly all of a cold volume's time. ``--conf precision bf16`` is the encoder
+at bf16: OpenVINO's on CPU (1.7x fp32 here, masks a little different: ``scripts/precision_check``), PyTorch
+autocast elsewhere."""
 
 from __future__ import annotations
 
@@ -24,16 +26,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_runtime(name: str, device: torch.device, precision: str) -> str:
-    """``auto``: for fp32 on CPU, OpenVINO's encoder when installed (1.65x ONNX Runtime here), else ONNX
-    Runtime when installed (1.5x eager PyTorch), else PyTorch."""
+    """``auto`` on CPU: OpenVINO's encoder when installed (1.65x ONNX Runtime here, fp32 or bf16), else ONNX
+    Runtime when installed (1.5x eager PyTorch; fp32 only), else PyTorch (autocast for bf16)."""
     if name == "auto":
-        if device.type != "cpu" or precision != "fp32" or not onnxruntime_available():
+        if device.type != "cpu" or not onnxruntime_available():
             return "torch"
-        return "openvino" if openvino_available() else "onnxruntime"
+        if openvino_available():
+            return "openvino"
+        return "onnxruntime" if precision == "fp32" else "torch"
     if name in GRAPH_RUNTIMES and (device.type != "cpu" or not onnxruntime_available()):
         raise ConfigError(f"--conf runtime {name} needs device cpu and the onnxruntime package")
     if name == "openvino" and not openvino_available():
         raise ConfigError("--conf runtime openvino needs the openvino package")
+    if name == "onnxruntime" and precision != "fp32":
+        raise ConfigError("--conf runtime onnxruntime runs fp32 only: for bf16 on CPU use runtime openvino or torch")
     return name
 
 
@@ -42,6 +48,7 @@ def encoder_session(
     img_size: int,
     encoder_version: str,
     runtime: str,
+    precision: str,
     previous: tuple[str, OnnxEncoder | OpenVinoEncoder] | None,
     graphs: Path | None,
     serving: bool = True,
@@ -50,7 +57,7 @@ def encoder_session(
     while neither changes, else one on the graph exported for this version in ``graphs`` (by the server, so a
     trainer subprocess exports nothing), else on a new export, saved there for the others. OpenVINO compiles
     now when ``serving`` (so the first click does not wait), else on first use."""
-    identity = f"{encoder_version}:{runtime}"
+    identity = f"{encoder_version}:{runtime_label(runtime, precision)}"
     if previous is not None and previous[0] == identity:
         return previous
     name = f"{encoder_version}:{runtime_label('onnxruntime')}:torch-{torch.__version__}:opset{OPSET}"
@@ -58,19 +65,21 @@ def encoder_session(
     graph, exported = encoder_graph(model, img_size, graph_file)
     if runtime != "openvino":
         return identity, OnnxEncoder(graph, exported)
-    encoder = OpenVinoEncoder(graph, exported)
+    encoder = OpenVinoEncoder(graph, exported, {"fp32": "f32", "bf16": "bf16"}[precision])
     if serving:
         encoder.compile()
     return identity, encoder
 
 
-def runtime_label(runtime: str) -> str:
-    """The runtime with its version, as embedding keys and graph files name it: another version of the
-    runtime may compute other numbers, so it never reuses what this one stored."""
+def runtime_label(runtime: str, precision: str = "fp32") -> str:
+    """The runtime with its version (and ``-bf16`` at bf16), as embedding keys and graph files name it:
+    another version or precision computes other numbers, so it never reuses what this one stored."""
     if runtime == "onnxruntime":
         import onnxruntime
 
-        return f"onnxruntime-{onnxruntime.__version__}"
-    if runtime == "openvino":
-        return f"openvino-{openvino_version()}"
-    return f"torch-{torch.__version__}"
+        label = f"onnxruntime-{onnxruntime.__version__}"
+    elif runtime == "openvino":
+        label = f"openvino-{openvino_version()}"
+    else:
+        label = f"torch-{torch.__version__}"
+    return label if precision == "fp32" else f"{label}-{precision}"

@@ -225,7 +225,7 @@ def ratios(ours: dict[str, Any], baseline_p50_ms: float) -> dict[str, float]:
 
 def encoder_throughput(model_name: str, img_size: int, passes: int, batch: int) -> dict[str, float]:
     """Image-encoder slices per second in-process: PyTorch fp32 (and bf16 autocast on a GPU, batched),
-    and on CPU the exported graph on ONNX Runtime and on OpenVINO. Random inputs and weights: the speed does
+    and on CPU the exported graph on ONNX Runtime and on OpenVINO (fp32 and bf16). Random inputs and weights: the speed does
     not depend on them."""
     import torch
 
@@ -245,6 +245,7 @@ def encoder_throughput(model_name: str, img_size: int, passes: int, batch: int) 
         variants["onnxruntime_fp32"] = functools.partial(OnnxEncoder(graph, True), x)
         if openvino_available():
             variants["openvino_fp32"] = functools.partial(OpenVinoEncoder(graph, True), x)
+            variants["openvino_bf16"] = functools.partial(OpenVinoEncoder(graph, True, "bf16"), x)
     out = {"batch": batch}
     with torch.inference_mode():
         for name, run in variants.items():

@@ -101,8 +101,9 @@ def litemedsam_server(args, studies: Path, labels: dict, truths: dict, out: Path
     if args.train_steps:  # else the app's own recipe
         conf += ["train.max_steps", str(args.train_steps), "train.val_every", str(args.train_steps)]
     conf += ["model_dir", str(studies.parent / "model_litemedsam")]  # its own adapter versions
+    conf += ["precision", args.precision]
     if args.gpu:
-        conf += ["device", "cuda", "precision", "bf16"]  # encoder_batch is 16 on CUDA by default
+        conf += ["device", "cuda"]  # encoder_batch is 16 on CUDA by default
     start = lambda s, log: start_server(s, log, *conf)  # noqa: E731
     return run_with_server(start, stop_server, studies, out / "server_litemedsam.log", body)
 
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--peer-clicks", type=int, default=9)
     parser.add_argument("--throughput-passes", type=int, default=3, help="encoder passes timed (x4 for LiteMedSAM)")
     parser.add_argument("--no-sam2", dest="sam2", action="store_false", help="skip MONAI Label's SAM2 peer")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="the server's (bf16 on CPU: OpenVINO's encoder)"
+    )
     parser.add_argument("--quick", action="store_true", help="a minutes-long smoke run (tests)")
     parser.add_argument(
         "--gpu", action="store_true", help="on a CUDA GPU, in under 8 minutes: bf16, batched encoder, a 5-label round"
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None) -> int | None:
             parser.error("--gpu needs a CUDA GPU, and torch sees none here")
         args.models, args.depths, args.first_clicks, args.further = ["litemedsam"], [40, 128], 2, 3
         args.memory_clicks, args.memory_volumes, args.peer_clicks, args.sam2 = 0, 1, 2, False
+        args.precision = "bf16"
     if args.quick:
         args.models, args.depths, args.first_clicks, args.further = ["litemedsam"], [12], 1, 2
         args.memory_clicks, args.memory_volumes, args.train_steps, args.peer_clicks, args.sam2 = 20, 2, 0, 2, False
@@ -258,6 +263,7 @@ def main(argv: list[str] | None = None) -> int | None:
             "config": {
                 "volumes": {k: [256, 256, d] for k, (d, _) in specs.items()},
                 "runtime": cfg.runtime,
+                "precision": args.precision,
                 "prefetch_slices": cfg.prefetch_slices,
                 "cache_mb": cfg.cache_mb,
                 "train_steps": args.train_steps,

@@ -4,7 +4,8 @@ OpenVINO picks bf16 by itself on CPUs with bf16 instructions (faster); the serve
 measures what bf16 would change, on the real CT/MR eval split (TotalSegmentator masks): for every
 structure, the box-prompt mask on its largest slice (2-D) and ``sam_3d`` grown from it (3-D, the server's
 propagation), at fp32 and at bf16, in-process with the served default model; Dice between the two
-precisions' masks (not against the ground truth), and seconds per encoded slice.
+precisions' masks, each precision's Dice with the ground truth (does the difference cost accuracy?), and
+seconds per encoded slice.
 
     scripts/precision_check [--data data/real/eval] [--out results/precision_check]
 Writes OUT.json. Run scripts/make_sample_data --real first.
@@ -70,7 +71,8 @@ def masks_at(engine: SamEngine, precision: str, cases, settings: PropagationSett
         start = engine.segment(volume01, k, np.zeros((0, 2), np.float32), np.zeros(0, np.int64), box)
         grown = propagate(engine, volume01, k, start, None, settings)
         two_d.append(start.mask)
-        three_d.append(np.stack([grown.get(j, np.zeros_like(start.mask)) for j in range(volume01.shape[2])], -1))
+        slices = [grown.get(j, np.zeros_like(start.mask)) for j in range(volume01.shape[2])]
+        three_d.append(np.stack(slices, -1).transpose(1, 0, 2))  # (J, I) slices -> the (I, J, K) volume
     return two_d, three_d, seconds
 
 
@@ -90,19 +92,29 @@ def main(argv: list[str] | None = None) -> int | None:
     fp32_2d, fp32_3d, fp32_seconds = masks_at(engine, "f32", cases, settings)
     bf16_2d, bf16_3d, bf16_seconds = masks_at(engine, "bf16", cases, settings)
     rows = [
-        {"structure": name, "dice_2d": round(dice(a, b), 4), "dice_3d": round(dice(c, d), 4)}
-        for (name, _, _), a, b, c, d in zip(cases, fp32_2d, bf16_2d, fp32_3d, bf16_3d, strict=True)
+        {
+            "structure": name,
+            "dice_2d": round(dice(a, b), 4),
+            "dice_3d": round(dice(c, d), 4),
+            "truth_dice_2d_fp32": round(dice(a, volume_slice(truth, largest_slice(truth))), 4),
+            "truth_dice_2d_bf16": round(dice(b, volume_slice(truth, largest_slice(truth))), 4),
+            "truth_dice_3d_fp32": round(dice(c, truth), 4),
+            "truth_dice_3d_bf16": round(dice(d, truth), 4),
+        }
+        for (name, _, truth), a, b, c, d in zip(cases, fp32_2d, bf16_2d, fp32_3d, bf16_3d, strict=True)
     ]
+    scores = [k for k in rows[0] if k != "structure"]
     report = {
         "what": "Dice between the masks with the encoder at OpenVINO fp32 and at bf16 (box prompt on the largest "
-        "slice, and sam_3d propagated from it), and the encoder's seconds per slice (16 runs after a warm-up)",
+        "slice, and sam_3d propagated from it), each precision's Dice with the truth (truth_dice_*), and the "
+        "encoder's seconds per slice (16 runs after a warm-up)",
         "command": " ".join(["scripts/precision_check", *argv]),
         "data": str(args.data),
         "model": engine.version,
         "device": f"cpu ({os.cpu_count()} cores)",
         "seconds_per_slice": {"fp32": round(fp32_seconds, 3), "bf16": round(bf16_seconds, 3)},
-        "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("dice_2d", "dice_3d")},
-        "min": {k: round(float(np.min([r[k] for r in rows])), 4) for k in ("dice_2d", "dice_3d")},
+        "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in scores},
+        "min": {k: round(float(np.min([r[k] for r in rows])), 4) for k in scores},
         "structures": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """The image encoder on OpenVINO: on this project's CPUs about 1.65x ONNX Runtime's speed, the same numbers.
 
-It runs the encoder graph that :func:`samlabel.model.onnx_runtime.encoder_graph` exports, at fp32:
-OpenVINO's own default on CPUs with bf16 instructions is bf16, whose masks here agree with fp32's only at
-Dice 0.993 in 2-D but 0.951 after sam_3d's propagation (``scripts/precision_check``), so the precision is
-pinned. The prompt encoder and mask decoder stay on ONNX Runtime.
+It runs the encoder graph that :func:`samlabel.model.onnx_runtime.encoder_graph` exports, at the precision
+asked for, fp32 unless ``--conf precision bf16``: OpenVINO's own default on CPUs with bf16 instructions is
+bf16, whose masks here agree with fp32's only at Dice 0.993 in 2-D but 0.951 after sam_3d's propagation
+(``scripts/precision_check``), so the precision is always pinned. The prompt encoder and mask decoder stay on
+ONNX Runtime, at fp32.
 """
 
 from __future__ import annotations

@@ -225,8 +225,8 @@ def ratios(ours: dict[str, Any], baseline_p50_ms: float) -> dict[str, float]:
 
 def encoder_throughput(model_name: str, img_size: int, passes: int, batch: int) -> dict[str, float]:
     """Image-encoder slices per second in-process: PyTorch fp32 (and bf16 autocast on a GPU, batched),
-    and on CPU the exported graph on ONNX Runtime and on OpenVINO (fp32 and bf16). Random inputs and weights: the speed does
-    not depend on them."""
+    and on CPU the exported graph on ONNX Runtime and on OpenVINO (fp32 and bf16). Random inputs and
+    weights: the speed does not depend on them."""
     import torch
 
     from samlabel.model.onnx_runtime import OnnxEncoder, encoder_graph, onnxruntime_available

@@ -19,6 +19,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16"}  # --conf precision -> OpenVINO's element type
+
 
 def openvino_available() -> bool:
     try:
@@ -39,8 +41,8 @@ class OpenVinoEncoder:
     embedding in the store never compiles it). One inference request per calling thread: a click and the
     prefetcher may encode at once, and a request must not be shared between threads."""
 
-    def __init__(self, graph: bytes, exported: bool, precision: str = "f32"):
-        self.graph, self.exported, self.precision = graph, exported, precision  # bf16: scripts/precision_check
+    def __init__(self, graph: bytes, exported: bool, precision: str = "fp32"):
+        self.graph, self.exported, self.precision = graph, exported, precision  # fp32 or bf16 (--conf precision)
         self._compiled = None
         self._compile_lock = threading.Lock()
         self._requests = threading.local()
@@ -52,9 +54,8 @@ class OpenVinoEncoder:
 
                 began = time.perf_counter()
                 model = ov.convert_model(io.BytesIO(self.graph))
-                self._compiled = ov.Core().compile_model(
-                    model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
-                )
+                hints = {"INFERENCE_PRECISION_HINT": OPENVINO_TYPES[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+                self._compiled = ov.Core().compile_model(model, "CPU", hints)
                 logger.info("image encoder compiled for OpenVINO in %.1f s", time.perf_counter() - began)
             return self._compiled
 

@@ -65,7 +65,7 @@ def encoder_session(
     graph, exported = encoder_graph(model, img_size, graph_file)
     if runtime != "openvino":
         return identity, OnnxEncoder(graph, exported)
-    encoder = OpenVinoEncoder(graph, exported, {"fp32": "f32", "bf16": "bf16"}[precision])
+    encoder = OpenVinoEncoder(graph, exported, precision)
     if serving:
         encoder.compile()
     return identity, encoder

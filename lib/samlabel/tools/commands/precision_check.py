@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int | None:
     engine = SamEngine(load_model_config(cfg.model), cfg)
     settings = PropagationSettings.from_config(cfg)
     cases = structures(args.data)
-    fp32_2d, fp32_3d, fp32_seconds = masks_at(engine, "f32", cases, settings)
+    fp32_2d, fp32_3d, fp32_seconds = masks_at(engine, "fp32", cases, settings)
     bf16_2d, bf16_3d, bf16_seconds = masks_at(engine, "bf16", cases, settings)
     rows = [
         {

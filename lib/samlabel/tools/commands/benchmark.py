@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int | None:
         args.models, args.depths, args.first_clicks, args.further = ["litemedsam"], [12], 1, 2
         args.memory_clicks, args.memory_volumes, args.train_steps, args.peer_clicks, args.sam2 = 20, 2, 0, 2, False
         args.throughput_passes = 1
+    if args.train_steps != 0 and len(args.depths) < 2:  # the round saves the last 5 of 2 + 2 per depth volumes
+        parser.error("the fine-tuning round saves 5 labels, which needs at least 2 --depths (or --train-steps 0)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="samlabel-benchmark-"))

@@ -91,19 +91,19 @@ def main(argv: list[str] | None = None) -> int | None:
     cases = structures(args.data)
     fp32_2d, fp32_3d, fp32_seconds = masks_at(engine, "fp32", cases, settings)
     bf16_2d, bf16_3d, bf16_seconds = masks_at(engine, "bf16", cases, settings)
-    rows = [
-        {
-            "structure": name,
-            "dice_2d": round(dice(a, b), 4),
-            "dice_3d": round(dice(c, d), 4),
-            "truth_dice_2d_fp32": round(dice(a, volume_slice(truth, largest_slice(truth))), 4),
-            "truth_dice_2d_bf16": round(dice(b, volume_slice(truth, largest_slice(truth))), 4),
-            "truth_dice_3d_fp32": round(dice(c, truth), 4),
-            "truth_dice_3d_bf16": round(dice(d, truth), 4),
+    rows = []
+    for (name, _, truth), a, b, c, d in zip(cases, fp32_2d, bf16_2d, fp32_3d, bf16_3d, strict=True):
+        truth_2d = volume_slice(truth, largest_slice(truth))  # the slice masks_at prompted
+        scores = {
+            "dice_2d": dice(a, b),
+            "dice_3d": dice(c, d),
+            "truth_dice_2d_fp32": dice(a, truth_2d),
+            "truth_dice_2d_bf16": dice(b, truth_2d),
+            "truth_dice_3d_fp32": dice(c, truth),
+            "truth_dice_3d_bf16": dice(d, truth),
         }
-        for (name, _, truth), a, b, c, d in zip(cases, fp32_2d, bf16_2d, fp32_3d, bf16_3d, strict=True)
-    ]
-    scores = [k for k in rows[0] if k != "structure"]
+        rows.append({"structure": name, **{k: round(v, 4) for k, v in scores.items()}})
+    columns = list(scores)
     report = {
         "what": "Dice between the masks with the encoder at OpenVINO fp32 and at bf16 (box prompt on the largest "
         "slice, and sam_3d propagated from it), each precision's Dice with the truth (truth_dice_*), and the "
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int | None:
         "model": engine.version,
         "device": f"cpu ({os.cpu_count()} cores)",
         "seconds_per_slice": {"fp32": round(fp32_seconds, 3), "bf16": round(bf16_seconds, 3)},
-        "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in scores},
-        "min": {k: round(float(np.min([r[k] for r in rows])), 4) for k in scores},
+        "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in columns},
+        "min": {k: round(float(np.min([r[k] for r in rows])), 4) for k in columns},
         "structures": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

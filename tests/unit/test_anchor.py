@@ -127,3 +127,28 @@ def test_the_anchor_set_keeps_its_share_of_the_draws_however_many_labels_are_sav
     assert anchor_weights(np.ones(5), 3, 0.0).sum() == 0
     with pytest.raises(ValueError, match="anchor_share"):
         anchor_weights(np.ones(5), 3, 1.0)
+
+
+def test_l2sp_holds_a_destructive_run_at_the_weights_it_started_from(tmp_path) -> None:
+    """``train.l2sp``: the forgetting run above, with the pull toward the served weights at full strength
+    (``lr * l2sp`` >= 1 takes each weight back to its start after every step): the weights stay where the run
+    started and the anchor set's figures are the served version's, where without the pull it lost over 0.2
+    Dice@1."""
+    cfg = load_app_config({})
+    engine = SamEngine(load_model_config(cfg.model), cfg, runtime="torch")
+    image, label = make_cardiac_phantom(0)
+    volume01, label = normalize_volume(np.asarray(image.dataobj)), np.asarray(label.dataobj)
+    samples = slice_samples(engine, [("heart", volume01, label)], 8)
+    hearts = [ValTarget(f"heart/{n}", volume01, m) for n, m in targets(label, {"heart": 1}).items()]
+    request = {**cfg.train, "max_steps": 3, "learning_rate": 1.0, "val_every": 100, "train_batch_size": 2, "l2sp": 1e6}
+    settings = TrainSettings.from_request(request)
+    prepare_model(engine, settings)
+    start = {n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad}
+    anchor = load_anchor_set(2)
+    report = train_adapter(
+        engine, samples, hearts, settings, tmp_path / "v.pt", "v", anchor_targets=anchor.validate, anchor_tolerance=0.02
+    )
+    drift = max(float((p - start[n]).abs().max()) for n, p in engine.model.named_parameters() if n in start)
+    assert drift < 1e-5, drift
+    before, after = report["anchor"]["before"], report["anchor"]["best"]
+    assert after == pytest.approx(before, abs=1e-6), report["anchor"]

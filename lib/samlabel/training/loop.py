@@ -57,6 +57,7 @@ class TrainSettings:
     val_every: int
     seed: int
     parts: tuple[str, ...]
+    l2sp: float = 0.0  # decay toward the run's starting (served) weights instead of zero: L2-SP, decoupled
     adapter_ratio: float = ADAPTER_RATIO
     step: StepSettings = field(default_factory=StepSettings)
 
@@ -71,6 +72,7 @@ class TrainSettings:
             val_every=int(request["val_every"]),
             seed=int(request["seed"]),
             parts=tuple(p.strip() for p in str(request["train_parts"]).split(",") if p.strip()),
+            l2sp=float(request["l2sp"]),
             step=step or StepSettings(),
         )
 
@@ -161,6 +163,24 @@ def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.opt
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+class PullToStart:
+    """L2-SP in AdamW's decoupled form: after each step every trainable weight moves back toward its value at the
+    run's start by ``lr * strength`` of the distance (all of it, never past the start, where that exceeds 1).
+    Fine-tuning from the served version then stays near what that version already knew (the old domain), where
+    plain weight decay pulls toward zero instead. With Adam's steps of about ``lr`` a weight drifts at most
+    about ``1 / strength`` from its start."""
+
+    def __init__(self, params: list[torch.nn.Parameter], strength: float):
+        self.strength = strength
+        self.params = params
+        self.start = [p.detach().clone() for p in params] if strength > 0 else []
+
+    @torch.no_grad()
+    def __call__(self, lr: float) -> None:
+        for p, p0 in zip(self.params, self.start, strict=False):
+            p.sub_(p - p0, alpha=min(1.0, lr * self.strength))
+
+
 def train_adapter(
     engine: SamEngine,
     samples: list[SliceSample],
@@ -204,6 +224,7 @@ def train_adapter(
     encode = "adapters" in settings.parts
     rank, ranks = rank_and_size()
     params = [p for p in model.parameters() if p.requires_grad]
+    pull = PullToStart(params, settings.l2sp)
 
     def step(current: Engine, batch: list[int]) -> dict[str, float]:
         """One optimiser step on the batch's mean loss; each sample's graph is freed after its backward
@@ -222,6 +243,7 @@ def train_adapter(
         if ranks > 1:
             total = sum_across_ranks(params, total)
         optimizer.step()
+        pull(optimizer.param_groups[0]["lr"])
         scheduler.step()
         return {"loss": total / len(batch)}
 

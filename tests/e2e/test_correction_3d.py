@@ -101,8 +101,8 @@ def test_3d_state_is_per_click_set_and_reset_starts_over(tube):
 
 
 def test_the_3d_simulated_user_and_the_challenge_protocol_through_the_server(tube):
-    """scripts/evaluate's 3-D protocols: each click in the largest 3-D error region, and the CVPR 2025
-    challenge's middle-slice box with its z-range, then 5 clicks."""
+    """scripts/evaluate's 3-D protocols: each click in the largest 3-D error region, the CVPR 2025
+    challenge's middle-slice box with its z-range, then 5 clicks, and the 2-D ceiling (a box on each slice)."""
     client, _, case = tube
     clicks = evaluate_server(client, [case], "sam_3d", "clicks_3d", max_clicks=5, reported=(1, 3, 5), noc_at=(0.85,))
     objects = clicks["per_image"][IMAGE]["objects"]  # the two parts of the tube are two targets
@@ -114,3 +114,5 @@ def test_the_3d_simulated_user_and_the_challenge_protocol_through_the_server(tub
     for scores in challenge.values():
         assert len(scores["dice"]) == 5 and scores["dice_final"] == scores["dice"][-1] >= 0.95, scores
         assert 3.5 < scores["dice_auc"] <= 4 and scores["seconds"] > 0 and scores["dice_box"] >= 0.9
+    ceiling = evaluate_server(client, [case], "sam_2d", "slice_boxes")  # the truth's box on each slice
+    assert ceiling["dice_by_clicks"] == [] and ceiling["mean"]["dice_box"] >= 0.9, ceiling["mean"]

@@ -84,6 +84,19 @@ def test_box_prompts_frame_the_largest_slice_for_2d_and_the_whole_target_for_3d(
     assert model_3d.requests == [{"roi": [4, 10, 2, 8, 2, 3]}]
 
 
+def test_slice_boxes_frame_every_slice_of_the_target_and_stack_only_those_slices():
+    """The 2-D model's ceiling in 3-D: one sam_2d box per slice the target covers; of each answer only the
+    prompted slice counts (what the stand-in also paints on slice 0 is never scored)."""
+    stray = TRUTH | square(0, 19, 0, 15, 0)
+    model = ScriptedModel("sam_2d", [stray])
+    assert evaluate_target(model, TRUTH, "slice_boxes") == {"dice_box": 1.0}
+    assert model.requests == [{"roi": [7, 7, 5, 6, 2, 2]}, {"roi": [4, 10, 2, 8, 3, 3]}]
+    half = ScriptedModel("sam_2d", [square(4, 10, 2, 8, 3)])  # slice 2's two voxels missed: Dice 98/100
+    assert evaluate_target(half, TRUTH, "slice_boxes")["dice_box"] == pytest.approx(0.98)
+    with pytest.raises(ValueError, match="needs sam_2d"):
+        evaluate_target(ScriptedModel("sam_3d", [TRUTH]), TRUTH, "slice_boxes")
+
+
 def test_noc_counts_clicks_to_the_threshold_or_the_cap():
     assert noc([0.5, 0.86, 0.95], 0.85) == 2
     assert noc([0.5, 0.86, 0.95], 0.9) == 3

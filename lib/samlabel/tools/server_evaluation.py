@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 REPORTED_CLICKS = (1, 3, 5, 10)
 MAX_CLICKS = 20  # NoC cap
 CHALLENGE_CLICKS = 5  # after the box, in the CVPR 2025 interactive 3-D challenge
-PROMPTS = ("clicks", "box", "clicks_3d", "challenge")
+PROMPTS = ("clicks", "box", "clicks_3d", "challenge", "slice_boxes")
+BOX_PROMPTS = ("box", "slice_boxes")  # scored once, as dice_box: no clicks
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ def evaluate_target(
     three_d = model.model == "sam_3d"
     if prompt in ("clicks_3d", "challenge"):
         return clicks_in_3d(model, truth, prompt, max_clicks, reported, noc_at)
+    if prompt == "slice_boxes":
+        return {"dice_box": dice(boxed_slices(model, truth), truth)}
     k = largest_slice(truth)
     truth_hw = volume_slice(truth, k)
     if prompt == "box":
@@ -164,6 +167,18 @@ def evaluate_target(
         **{f"dice_{n}": scores[min(n, len(scores)) - 1] for n in reported},
         **{f"noc{round(t * 100)}": noc(scores, t, max_clicks) for t in noc_at},
     }
+
+
+def boxed_slices(model: ServerModel, truth: np.ndarray) -> np.ndarray:
+    """``sam_2d`` given the truth's own box on every slice the target covers, the slices stacked: what the 2-D
+    model reaches in 3-D with a perfect box everywhere (MedSAM's 3-D protocol), a ceiling for any way of
+    growing a 3-D mask from its slices."""
+    if model.model != "sam_2d":
+        raise ValueError(f"slice_boxes prompts each slice in 2-D: it needs sam_2d, not {model.model}")
+    prediction = np.zeros_like(truth)
+    for k in np.flatnonzero(truth.any(axis=(0, 1))):
+        prediction[:, :, k] = model({"roi": roi_of(truth, int(k))})[:, :, k]
+    return prediction
 
 
 def clicks_in_3d(
@@ -267,7 +282,7 @@ def evaluate_server(
         every_object += objects.values()
         logger.info("%s %s %s: %s", model, prompt, case.image_id, per_image[case.image_id]["mean"])
     curve = []
-    if prompt != "box":
+    if prompt not in BOX_PROMPTS:
         curve = [
             round(float(np.mean([o["dice"][min(n, len(o["dice"])) - 1] for o in every_object])), 4)
             for n in range(1, (CHALLENGE_CLICKS if prompt == "challenge" else max(reported)) + 1)

@@ -1,7 +1,8 @@
 """Evaluate a running samlabel server with the standard simulated user, through its REST API.
 
     scripts/evaluate --server http://127.0.0.1:8000 --data DIR \
-        --model sam_2d [sam_3d] [sam_auto] --prompt clicks|box|clicks_3d|challenge --out OUTDIR [--versions ...]
+        --model sam_2d [sam_3d] [sam_auto] --prompt clicks|box|clicks_3d|challenge|slice_boxes --out OUTDIR \
+        [--versions ...]
 
 DIR has the MONAI Label studies layout: images at the top, ground truth of the same file names in
 labels/final/. Images the server does not hold are sent as sessions (the datastore is not changed).
@@ -23,6 +24,10 @@ sam_3d can be clicked in 3-D: --prompt clicks_3d puts each next click in the lar
 clicks and NoC@85/90 in 3-D; --prompt challenge runs the CVPR 2025 interactive 3-D challenge's protocol
 (the middle slice's box with the target's z-range, then 5 clicks: Dice after each, its area under the
 curve over the 5 clicks, the final Dice, seconds per object).
+
+--prompt slice_boxes (with sam_2d) gives the model the truth's box on every slice the target covers and
+scores the stacked slices' 3-D Dice: what the 2-D model reaches in 3-D with a perfect box everywhere, the
+ceiling for sam_3d's propagation and its clicks.
 """
 
 import argparse
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from samlabel.tools.rest import RestError, Server
 from samlabel.tools.server_evaluation import (
+    BOX_PROMPTS,
     MAX_CLICKS,
     PROMPTS,
     auto_then_clicks,
@@ -56,20 +62,20 @@ def plot(runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    clicks = [r for r in runs if r["prompt"] not in ("box", "auto")]
+    clicks = [r for r in runs if r["prompt"] not in (*BOX_PROMPTS, "auto")]
     for r in clicks:
         curve = r["dice_by_clicks"]
         name = f"{r['model']} {r['prompt'].replace('_', ' ')} {r['adapter_version'] or 'no adapter'}"
         ax.plot(range(1, len(curve) + 1), curve, "o-", label=name)
     for r in (r for r in runs if r["prompt"] == "auto"):
         ax.plot([0], [r["mean"]["dice_0"]], "*", markersize=12, label=f"sam_auto {r['adapter_version']} (0 clicks)")
-    boxes = [r for r in runs if r["prompt"] == "box"]
+    boxes = [r for r in runs if r["prompt"] in BOX_PROMPTS]
     if clicks:
         ax.set_xlabel("simulated clicks")
         ax.set_ylabel("mean Dice" + (" (3-D for sam_3d)" if any(r["model"] == "sam_3d" for r in clicks) else ""))
         ax.legend(fontsize=8, loc="lower right")
     else:
-        names = [f"{r['model']}\n{r['adapter_version']}" for r in boxes]
+        names = [f"{r['model']} {r['prompt'].replace('_', ' ')}\n{r['adapter_version']}" for r in boxes]
         ax.bar(names, [r["mean"]["dice_box"] for r in boxes])
         ax.set_ylabel("mean Dice with a box")
     ax.set_ylim(0, 1.02)
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int | None:
     args = parser.parse_args(argv)
     if args.prompt in ("clicks_3d", "challenge") and set(args.model) != {"sam_3d"}:
         parser.error(f"--prompt {args.prompt} clicks in 3-D: use it with --model sam_3d")
+    if args.prompt == "slice_boxes" and set(args.model) != {"sam_2d"}:
+        parser.error("--prompt slice_boxes prompts every slice in 2-D: use it with --model sam_2d")
 
     cases = studies_cases(args.data)
     labels_json = args.data / "labels.json"  # image id -> structure -> value, as make_sample_data --real writes

@@ -48,15 +48,22 @@ def test_the_gate_refuses_a_version_that_holds_on_new_labels_but_drops_on_the_an
     assert publish_decision(GOOD, GOOD, 0.02, GOOD, GOOD)[0]
 
 
-def test_a_run_that_forgets_is_rejected_on_the_anchor_set(tmp_path) -> None:
-    """Trained only on hearts (a domain the served adapter never saw) at a destructive learning rate: the
-    anchor set, never trained on, shows the loss and the gate names it."""
+def heart_run():
+    """The app's config, a torch engine serving the default adapter, training samples and validation targets
+    of one cardiac phantom (a domain the served adapter never saw)."""
     cfg = load_app_config({})
     engine = SamEngine(load_model_config(cfg.model), cfg, runtime="torch")
     image, label = make_cardiac_phantom(0)
     volume01, label = normalize_volume(np.asarray(image.dataobj)), np.asarray(label.dataobj)
     samples = slice_samples(engine, [("heart", volume01, label)], 8)
     hearts = [ValTarget(f"heart/{n}", volume01, m) for n, m in targets(label, {"heart": 1}).items()]
+    return cfg, engine, samples, hearts
+
+
+def test_a_run_that_forgets_is_rejected_on_the_anchor_set(tmp_path) -> None:
+    """Trained only on hearts (a domain the served adapter never saw) at a destructive learning rate: the
+    anchor set, never trained on, shows the loss and the gate names it."""
+    cfg, engine, samples, hearts = heart_run()
     request = {**cfg.train, "max_steps": 3, "learning_rate": 1.0, "val_every": 100, "train_batch_size": 2}
     settings = TrainSettings.from_request(request)
     prepare_model(engine, settings)
@@ -134,12 +141,7 @@ def test_l2sp_holds_a_destructive_run_at_the_weights_it_started_from(tmp_path) -
     (``lr * l2sp`` >= 1 takes each weight back to its start after every step): the weights stay where the run
     started and the anchor set's figures are the served version's, where without the pull it lost over 0.2
     Dice@1."""
-    cfg = load_app_config({})
-    engine = SamEngine(load_model_config(cfg.model), cfg, runtime="torch")
-    image, label = make_cardiac_phantom(0)
-    volume01, label = normalize_volume(np.asarray(image.dataobj)), np.asarray(label.dataobj)
-    samples = slice_samples(engine, [("heart", volume01, label)], 8)
-    hearts = [ValTarget(f"heart/{n}", volume01, m) for n, m in targets(label, {"heart": 1}).items()]
+    cfg, engine, samples, hearts = heart_run()
     request = {**cfg.train, "max_steps": 3, "learning_rate": 1.0, "val_every": 100, "train_batch_size": 2, "l2sp": 1e6}
     settings = TrainSettings.from_request(request)
     prepare_model(engine, settings)

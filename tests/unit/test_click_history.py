@@ -10,7 +10,7 @@ from samlabel.inference.engine import SamEngine
 from samlabel.inference.geometry import volume_slice
 from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.sample_data import make_ct_phantom
-from samlabel.training.step import click_history
+from samlabel.training.step import StepSettings, click_history, prior_click_count
 
 
 def test_each_earlier_click_lands_in_the_error_of_the_mask_before_it() -> None:
@@ -33,3 +33,19 @@ def test_each_earlier_click_lands_in_the_error_of_the_mask_before_it() -> None:
         assert earlier == clicks[:n] and before[row, col] != mask[row, col], f"click {n + 1} fixes an error"
     assert previous.shape[:2] == (1, 1) and prediction.shape == mask.shape
     assert dice(prediction, mask) > 0.85, "ten clicks of history reach a good mask"
+
+
+def test_the_first_click_gets_its_share_of_the_samples_and_the_rest_a_history() -> None:
+    """``first_click_share`` of the click samples train a lone first click; the others follow 1..max earlier
+    clicks, each length alike."""
+    draws = 20000
+    for share, most in [(0.2, 4), (0.6, 4), (0.0, 10)]:
+        rng = np.random.default_rng(0)
+        settings = StepSettings(max_prior_clicks=most, first_click_share=share)
+        counts = np.bincount([prior_click_count(settings, rng) for _ in range(draws)], minlength=most + 1)
+        assert len(counts) == most + 1, "never more than max_prior_clicks earlier clicks"
+        assert abs(counts[0] / draws - share) < 0.015
+        histories = counts[1:] / max(draws - counts[0], 1)
+        assert np.all(np.abs(histories - 1 / most) < 0.02), f"history lengths alike: {histories}"
+    rng = np.random.default_rng(0)
+    assert {prior_click_count(StepSettings(max_prior_clicks=0, first_click_share=0.0), rng) for _ in range(50)} == {0}

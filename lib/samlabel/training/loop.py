@@ -73,7 +73,7 @@ class TrainSettings:
             seed=int(request["seed"]),
             parts=tuple(p.strip() for p in str(request["train_parts"]).split(",") if p.strip()),
             l2sp=float(request["l2sp"]),
-            step=step or StepSettings(),
+            step=step or StepSettings(first_click_share=float(request["first_click_share"])),
         )
 
 

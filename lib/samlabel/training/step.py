@@ -28,6 +28,7 @@ from samlabel.training.samples import SliceSample
 class StepSettings:
     box_share: float = 0.25  # share of samples prompted with a box
     max_prior_clicks: int = 4  # up to this many clicks simulated (without gradients) before the trained one
+    first_click_share: float = 0.2  # share of click samples that train a lone first click (the rest: 1..max earlier)
     box_jitter: int = 4  # pixels of random box enlargement, as MedSAM trained
     iou_weight: float = 1.0
 
@@ -103,6 +104,14 @@ def click_history(
     return clicks, previous, prediction
 
 
+def prior_click_count(settings: StepSettings, rng: np.random.Generator) -> int:
+    """How many simulated clicks precede the trained one: none (the first click, the one a new domain needs
+    most) for ``first_click_share`` of the samples, else 1..``max_prior_clicks`` alike."""
+    if settings.max_prior_clicks == 0 or rng.random() < settings.first_click_share:
+        return 0
+    return int(rng.integers(1, settings.max_prior_clicks + 1))
+
+
 def sample_loss(
     model: Sam,
     sample: SliceSample,
@@ -134,7 +143,7 @@ def sample_loss(
         logits, iou = predict_masks(model, embedding, None, boxes, None, multimask=False)
         return loss(logits, iou, target)
 
-    n_prior = int(rng.integers(0, settings.max_prior_clicks + 1))
+    n_prior = prior_click_count(settings, rng)
     clicks, previous, prediction = click_history(model, embedding, sample.mask, geometry, n_prior, rng)
     click = next_click(sample.mask, prediction, rng) or clicks[-1]
     clicks.append(click)

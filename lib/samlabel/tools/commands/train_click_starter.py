@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int | None:
     unseen = val_targets([("mni152", "mni", make_mni_brain())])
     unseen_before = validate(engine, unseen)
 
-    step = StepSettings(max_prior_clicks=args.prior_clicks)
+    # every history length alike, a lone first click included, as clicks-v2 was trained
+    step = StepSettings(max_prior_clicks=args.prior_clicks, first_click_share=1 / (args.prior_clicks + 1))
     run = {**cfg.train, "max_steps": args.steps, "train_batch_size": args.batch_size, "val_every": args.val_every}
     settings = TrainSettings.from_request(run, step)
     prepare_model(engine, settings)

@@ -11,7 +11,7 @@ from samlabel.evaluation.metrics import targets
 from samlabel.inference.engine import SamEngine
 from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.commands.make_anchor_set import REPLAY_SEEDS, VALIDATE_SEEDS, anchor_slices
-from samlabel.tools.sample_data import ACTIVE_LEARNING_SPLIT, make_cardiac_phantom
+from samlabel.tools.sample_data import ACTIVE_LEARNING_SPLIT, make_cardiac_phantom, make_ct_phantom
 from samlabel.training.anchor import ANCHOR_FILE, AnchorMetrics, anchor_weights, load_anchor_set
 from samlabel.training.loop import BestState, TrainSettings, ValTarget, prepare_model, spread, train_adapter
 from samlabel.training.samples import slice_samples
@@ -31,6 +31,22 @@ def test_the_shipped_anchor_set_is_what_the_command_builds_from_unused_phantoms(
     used_elsewhere |= set(range(3))  # the sample studies
     assert not anchor_seeds & used_elsewhere and not anchor_seeds & set(range(1000, 3000))  # starter, hold-out
     assert not set(VALIDATE_SEEDS["ct"]) & set(REPLAY_SEEDS["ct"]), "never validated on what is replayed"
+
+
+def test_anchor_slices_read_back_as_the_slices_of_their_volumes() -> None:
+    """Stored as SAM sees a slice, (H, W) = (J, I); read back as (I, J, 1) volumes, or the gate and the replay
+    would see the anatomy transposed (they did: the CT livers scored Dice@1 0.70 against 0.97 upright)."""
+    anchor = load_anchor_set(100)
+    image, label = make_ct_phantom(3000)
+    volume01, label = normalize_volume(np.asarray(image.dataobj)), np.asarray(label.dataobj)
+    liver = next(t for t in anchor.validate if t.name == "anchor/ct3000_k30/1_0")
+    assert liver.volume01.shape == (*volume01.shape[:2], 1)
+    assert np.abs(liver.volume01[:, :, 0] - volume01[:, :, 30]).max() < 1e-3, "fp16 storage only"
+    assert np.array_equal(liver.truth[:, :, 0], label[:, :, 30] == 1)
+    name, replayed, replay_label = anchor.replay[0]
+    seed, k = int(name.split("ct")[1].split("_k")[0]), int(name.split("_k")[1])
+    image, label = make_ct_phantom(seed)
+    assert np.array_equal(replay_label[:, :, 0], np.asarray(label.dataobj)[:, :, k])
 
 
 def test_anchor_slices_spread_over_ct_and_mr() -> None:

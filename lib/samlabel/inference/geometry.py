@@ -95,6 +95,12 @@ def volume_slice(volume: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(volume[:, :, k].T)
 
 
+def slice_volume(image_hw: np.ndarray) -> np.ndarray:
+    """An ``(H, W)`` image as SAM sees it (:func:`volume_slice`'s output) back as a one-slice ``(I, J, 1)``
+    volume, so the serving code paths apply to it as is."""
+    return np.ascontiguousarray(image_hw.T[..., None])
+
+
 def put_slice(label: np.ndarray, k: int, mask_hw: np.ndarray, value: int) -> None:
     """Write an ``(H, W)`` slice mask into slice ``k`` of an ``(I, J, K)`` label volume."""
     plane = label[:, :, k]

@@ -20,10 +20,12 @@ import numpy as np
 from samlabel.adapters.versions import GATE_CLICKS
 from samlabel.atomic_write import write_json
 from samlabel.config import ASSET_DIR
+from samlabel.inference.geometry import slice_volume
 from samlabel.inference.objects import label_objects
 from samlabel.training.loop import ValTarget
 
 ANCHOR_FILE = ASSET_DIR / "anchor_set.npz"
+ANCHOR_LAYOUT = "ij"  # figures measured before the slices were read back in (I, J) order (transposed) are not reused
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ def load_anchor_set(max_slices: int, path: Path = ANCHOR_FILE) -> AnchorSet:
             part = [j for j, s in enumerate(splits) if s == split]
             if i not in _spread(part, max_slices):
                 continue
-            volume01 = data[f"image_{i}"].astype(np.float32)[..., None]
-            label = data[f"label_{i}"].astype(np.int16)[..., None]
+            volume01 = slice_volume(data[f"image_{i}"].astype(np.float32))  # stored as SAM sees the slice
+            label = slice_volume(data[f"label_{i}"].astype(np.int16))
             if split == "validate":
                 for n, (value, mask) in enumerate(label_objects(label)):
                     validate.append(ValTarget(f"anchor/{name}/{value}_{n}", volume01, mask))
@@ -76,7 +78,7 @@ class AnchorMetrics:
     def __init__(self, path: Path, model_version: str, max_slices: int, anchor_file: Path = ANCHOR_FILE):
         self.path = Path(path)
         digest = hashlib.sha256(Path(anchor_file).read_bytes()).hexdigest()[:16]
-        self.suffix = f"{model_version}:{max_slices}:{GATE_CLICKS}:{digest}"
+        self.suffix = f"{model_version}:{max_slices}:{GATE_CLICKS}:{digest}:{ANCHOR_LAYOUT}"
 
     def _read(self) -> dict:
         try:

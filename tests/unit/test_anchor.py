@@ -43,7 +43,7 @@ def test_anchor_slices_read_back_as_the_slices_of_their_volumes() -> None:
     assert liver.volume01.shape == (*volume01.shape[:2], 1)
     assert np.abs(liver.volume01[:, :, 0] - volume01[:, :, 30]).max() < 1e-3, "fp16 storage only"
     assert np.array_equal(liver.truth[:, :, 0], label[:, :, 30] == 1)
-    name, replayed, replay_label = anchor.replay[0]
+    name, _, replay_label = anchor.replay[0]
     seed, k = int(name.split("ct")[1].split("_k")[0]), int(name.split("_k")[1])
     image, label = make_ct_phantom(seed)
     assert np.array_equal(replay_label[:, :, 0], np.asarray(label.dataobj)[:, :, k])

@@ -20,8 +20,10 @@ from samlabel.inference.engine import SamEngine
 from samlabel.inference.image_cache import CachedLoadImaged
 from samlabel.inference.refinement import RefinementStore, logits_from_arrays, logits_to_arrays
 from samlabel.inference.shared_state import SharedClickState
+from samlabel.model.runtime import pick_device, pick_runtime
 from samlabel.server.errors import checked_infer
 from samlabel.server.install import install
+from samlabel.server.task_process import in_task_process
 from samlabel.tasks.infer import Sam2DInfer, Sam3DInfer, SamAutoInfer
 from samlabel.tasks.scoring import BackgroundScoring, SamUncertaintyScoring
 from samlabel.tasks.strategy import RandomStrategy, SamUncertaintyStrategy
@@ -43,8 +45,17 @@ class SamLabelApp(MONAILabelApp):
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
         fallback = fallback_choice(self.cfg.adapter)  # served if the served version cannot be loaded
         self.encoder_dir = self.trainer_dir / "encoder"  # embeddings and encoder graphs, shared with the trainer
+        # the server's encoder runtime: a trainer finds the server's embeddings under its name
+        self.encoder_runtime = pick_runtime(self.cfg.runtime, pick_device(self.cfg.device), self.cfg.precision)
+        runtime = "torch" if in_task_process() else None  # a training subprocess serves nothing: no graph export
         self.engine = SamEngine(
-            self.model_cfg, self.cfg, self.versions.served().adapter, fallback=fallback, encoder_dir=self.encoder_dir
+            self.model_cfg,
+            self.cfg,
+            self.versions.served().adapter,
+            runtime,
+            fallback=fallback,
+            encoder_dir=self.encoder_dir,
+            encoder_runtime=runtime,
         )
         self.refinements = RefinementStore(shared=self.shared_clicks("2d", logits_to_arrays, logits_from_arrays))
         self.states_3d = RefinementStore(8, self.shared_clicks("3d", result_to_arrays, result_from_arrays))
@@ -109,7 +120,7 @@ class SamLabelApp(MONAILabelApp):
     def init_trainers(self):
         # training needs PyTorch's autograd, whatever runtime serves; an encoder that does not train encodes as
         # the server does, so the server's embeddings are found on disk instead of computed again
-        engines = TrainingEngines(self.model_cfg, self.cfg, self.encoder_dir, self.engine.encoder_runtime)
+        engines = TrainingEngines(self.model_cfg, self.cfg, self.encoder_dir, self.encoder_runtime)
         trainer = SamAdapterTrain(str(self.trainer_dir), self.cfg, self.versions, engines)
         return {"sam_adapter": trainer}
 

@@ -6,6 +6,7 @@ and tiny runs (the real trainer, a few steps), so each run takes about a minute 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -64,6 +65,13 @@ def served_by_infer(client) -> str:
     return result["adapter_version"]
 
 
+def trainer_log_lines(log: Path) -> list[str]:
+    """The server log's lines written by MONAI Label's training subprocesses (its log lines carry the pid)."""
+    lines = log.read_text(errors="replace").splitlines()
+    pids = {re.search(r"\] \[(\d+)\] \[", line).group(1) for line in lines if "(samlabel.training.task:" in line}
+    return [line for line in lines if any(f"] [{pid}] [" in line for pid in pids)]
+
+
 def all_runs(server) -> list[dict]:
     """MONAI Label's record of every training task since the server started."""
     return requests.get(f"{server}/train/", params={"all": "true"}, timeout=10).json()
@@ -86,6 +94,10 @@ def test_saving_n_labels_triggers_exactly_one_run_and_serves_its_version(server,
     assert Path(ft001["adapter"]).is_file()
     assert len(all_runs(server)) == 1
     assert served_by_infer(client) == "ft001", "the new version is served without a restart"
+    trainer = trainer_log_lines(setup / "server.log")
+    assert any("run from" in line for line in trainer)
+    decoder_exports = [line for line in trainer if "mask decoder exported to ONNX" in line]
+    assert not decoder_exports, "the training subprocess serves nothing: it builds no decoder graph"
 
 
 def test_a_worse_version_is_kept_but_not_served_and_rollback_works(server, client, wait_for_training):

@@ -47,8 +47,8 @@ class VersionRecord:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # validation Dice of this version ...
     parent_metrics: dict[str, float] = field(default_factory=dict)  # ... and of its parent, same cases
-    anchor_metrics: dict[str, float] = field(default_factory=dict)  # on the anchor set (training/anchor.py) ...
-    parent_anchor_metrics: dict[str, float] = field(default_factory=dict)  # ... and its parent's
+    anchor_metrics: dict = field(default_factory=dict)  # on the anchor set (training/anchor.py), by source ...
+    parent_anchor_metrics: dict = field(default_factory=dict)  # ... and its parent's
     labels: dict[str, float] = field(default_factory=dict)  # image id -> label file time, trained on
     new_labels: list[str] = field(default_factory=list)  # saved since the parent was trained
     validation: list[str] = field(default_factory=list)  # image ids held out to validate the run
@@ -83,13 +83,19 @@ def publish_decision(
     return True, f"not worse than the served version within {tolerance}: {gains}"
 
 
-def drops(new: dict[str, float], old: dict[str, float], tolerance: float, where: str = "") -> list[str]:
-    """The gated metrics on which ``new`` is more than ``tolerance`` below ``old``, as the gate words them."""
-    return [
+def drops(new: dict, old: dict, tolerance: float, where: str = "") -> list[str]:
+    """The gated metrics on which ``new`` is more than ``tolerance`` below ``old``, as the gate words them; in
+    the mean and in each group both have under ``by_group`` (the anchor set's sources)."""
+    found = [
         f"{where}{k} {new[k]:.3f} < served {old[k]:.3f} - {tolerance}"
         for k in GATED_METRICS
         if new[k] < old[k] - tolerance
     ]
+    old_groups = old.get("by_group", {})
+    for group, metrics in new.get("by_group", {}).items():
+        if group in old_groups:
+            found += drops(metrics, old_groups[group], tolerance, f"{where}{group} ")
+    return found
 
 
 class AdapterVersions:

@@ -4,7 +4,9 @@ Every fine-tuning run validates on the anchor's ``validate`` slices besides the 
 images, and the gate publishes a version only if it holds on both (:func:`samlabel.adapters.versions.
 publish_decision`); the anchor's ``replay`` slices (other phantoms, never validated on) join the training
 samples, so a run on a new domain keeps seeing the old one. The set ships as ``assets/anchor_set.npz``,
-built deterministically by ``samlabel-make-anchor-set`` from phantoms no other split uses.
+built deterministically by ``samlabel-make-anchor-set`` from phantoms no other split uses and from the real
+training CT the shipped adapter learnt (phantoms alone let a run forget real organs unseen:
+results/real/README.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +40,22 @@ class AnchorSet:
 
 
 def load_anchor_set(max_slices: int, path: Path = ANCHOR_FILE) -> AnchorSet:
-    """The shipped anchor set, up to ``max_slices`` slices of each part (spread evenly over its modalities;
-    0: none); each slice is a one-slice volume, so the serving code paths apply as is."""
+    """The shipped anchor set, up to ``max_slices`` slices of each part, shared evenly by its sources (CT
+    phantoms, MR phantoms, the real CT) and spread evenly within each (0: none); each slice is a one-slice
+    volume, so the serving code paths apply as is."""
     with np.load(path) as data:
         names, splits = [str(n) for n in data["names"]], [str(s) for s in data["splits"]]
+        parts = {split: [j for j, s in enumerate(splits) if s == split] for split in set(splits)}
+        kept = {split: _pick(names, part, max_slices) for split, part in parts.items()}
         validate, replay = [], []
         for i, (name, split) in enumerate(zip(names, splits, strict=True)):
-            part = [j for j, s in enumerate(splits) if s == split]
-            if i not in _spread(part, max_slices):
+            if i not in kept[split]:
                 continue
             volume01 = slice_volume(data[f"image_{i}"].astype(np.float32))  # stored as SAM sees the slice
             label = slice_volume(data[f"label_{i}"].astype(np.int16))
             if split == "validate":
                 for n, (value, mask) in enumerate(label_objects(label)):
-                    validate.append(ValTarget(f"anchor/{name}/{value}_{n}", volume01, mask))
+                    validate.append(ValTarget(f"anchor/{name}/{value}_{n}", volume01, mask, source(name)))
             else:
                 replay.append((f"anchor/{name}", volume01, label))
     return AnchorSet(validate, replay)
@@ -97,6 +102,20 @@ class AnchorMetrics:
         writer, one run at a time."""
         if metrics:
             write_json(self.path, {**self._read(), f"{version}@{self.suffix}": metrics})
+
+
+def source(name: str) -> str:
+    """The source of an anchor slice, its name's leading letters: ``ct`` or ``mr`` (phantoms), ``realct``."""
+    return re.match(r"[a-z]*", name).group(0)
+
+
+def _pick(names: list[str], items: list[int], n: int) -> set[int]:
+    """``n`` of ``items`` (indices into ``names``), shared evenly by their sources in order of first appearance."""
+    sources: dict[str, list[int]] = {}
+    for i in items:
+        sources.setdefault(source(names[i]), []).append(i)
+    shares = [n // len(sources) + (j < n % len(sources)) for j in range(len(sources))] if sources else []
+    return set().union(*(_spread(group, share) for group, share in zip(sources.values(), shares, strict=True)))
 
 
 def _spread(items: list[int], n: int) -> set[int]:

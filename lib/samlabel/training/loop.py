@@ -79,11 +79,12 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class ValTarget:
-    """A held-out object: its [0, 1] volume and boolean mask."""
+    """A held-out object: its [0, 1] volume and boolean mask; ``group``: the anchor set's source it is from."""
 
     name: str
     volume01: np.ndarray
     truth: np.ndarray
+    group: str = ""
 
 
 VALIDATION_CLICKS = 10
@@ -117,6 +118,18 @@ def validate(engine: SamEngine, targets: list[ValTarget], clicks: int = VALIDATI
         rows.append(row + ([float(np.mean(curve))] if full else []) + [box_dice(engine, t.volume01, t.truth, k)])
     keys = names + (["dice_auc"] if full else []) + ["dice_box"]
     return {name: float(m) for name, m in zip(keys, np.mean(rows, axis=0), strict=True)}
+
+
+def validate_by_group(engine: SamEngine, targets: list[ValTarget], clicks: int) -> dict:
+    """:func:`validate` over all ``targets``, with the same per ``group`` under ``by_group`` (the anchor set's
+    sources), so that the gate sees a loss on one source that a gain on another hides in the mean."""
+    groups: dict[str, list[ValTarget]] = {}
+    for t in targets:
+        groups.setdefault(t.group, []).append(t)
+    by_group = {group: validate(engine, members, clicks) for group, members in groups.items()}
+    keys = next(iter(by_group.values()))
+    overall = {k: sum(len(groups[g]) * by_group[g][k] for g in groups) / len(targets) for k in keys}
+    return {**overall, "by_group": by_group} if len(groups) > 1 else overall
 
 
 def score(metrics: dict[str, float]) -> float:
@@ -268,14 +281,14 @@ def train_adapter(
     checkpoints: list[dict] = []  # the anchor figures of each state measured
     validation_seconds = 0.0
 
-    def measure(targets: list[ValTarget] | None, clicks: int = VALIDATION_CLICKS) -> dict[str, float]:
-        """:func:`validate` on the model as it stands (none without targets), timed."""
+    def measure(targets: list[ValTarget] | None, clicks: int = VALIDATION_CLICKS) -> dict:
+        """:func:`validate_by_group` on the model as it stands (none without targets), timed."""
         nonlocal validation_seconds
         began_validation = time.time()
         model.eval()
         if "adapters" in settings.parts:
             engine.embeddings.clear()  # the encoder's adapters changed under the same version
-        metrics = validate(engine, targets, clicks) if targets else {}
+        metrics = validate_by_group(engine, targets, clicks) if targets else {}
         validation_seconds += time.time() - began_validation
         return metrics
 

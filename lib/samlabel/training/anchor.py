@@ -1,8 +1,8 @@
 """The anchor set: slices of the domains the shipped adapter already handles, so a run cannot forget them.
 
 Every fine-tuning run validates on the anchor's ``validate`` slices besides the new labels' validation
-images, and the gate publishes a version only if it holds on both (:func:`samlabel.adapters.versions.
-publish_decision`); the anchor's ``replay`` slices (other phantoms, never validated on) join the training
+images, and the gate publishes a version only if it holds on both, on the anchor in the mean and per source
+(:func:`samlabel.adapters.versions.publish_decision`); the ``replay`` slices (never validated on) join the training
 samples, so a run on a new domain keeps seeing the old one. The set ships as ``assets/anchor_set.npz``,
 built deterministically by ``samlabel-make-anchor-set`` from phantoms no other split uses and from the real
 training CT the shipped adapter learnt (phantoms alone let a run forget real organs unseen:

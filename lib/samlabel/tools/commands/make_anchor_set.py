@@ -28,22 +28,25 @@ from samlabel.inference.geometry import volume_slice
 from samlabel.inference.objects import label_objects
 from samlabel.inference.preprocess import normalize_volume
 from samlabel.tools.sample_data import make_ct_phantom, make_mr_phantom
+from samlabel.tools.server_evaluation import studies_cases
 from samlabel.training.anchor import ANCHOR_FILE, load_anchor_set
 
 VALIDATE_SEEDS = {"ct": (3000, 3001, 3002), "mr": (3000, 3001, 3002)}
 REPLAY_SEEDS = {"ct": (3100, 3101, 3102), "mr": (3100, 3101, 3102)}
 PHANTOMS = {"ct": make_ct_phantom, "mr": make_mr_phantom}
 REAL_CT = "ts_ct_abdomen_3mm"  # the real split's training CT
-REAL_KS = {"validate": (12, 26), "replay": (60, 84, 100)}  # validate: within the starter's validation slices 0..29
+# validate: slices the click starter validated on, never trained on (train_click_starter.STARTER_VAL_SLICES)
+REAL_KS = {"validate": (12, 26), "replay": (60, 84, 100)}
 
 
 def real_ct_slices(real: Path) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """``(name, split, image01, label)`` for the real training CT's anchor slices."""
-    image = real / "train" / f"{REAL_CT}.nii.gz"
-    if not image.is_file():
-        raise SystemExit(f"{image} is missing: run scripts/make_sample_data --real first")
-    volume01 = normalize_volume(np.asarray(nib.load(image).dataobj))
-    label = np.asarray(nib.load(real / "train" / "labels" / "final" / image.name).dataobj)
+    try:
+        case = next(c for c in studies_cases(real / "train") if c.image_id == REAL_CT)
+    except (FileNotFoundError, StopIteration):
+        raise SystemExit(f"{real / 'train'} lacks {REAL_CT}: run scripts/make_sample_data --real first") from None
+    volume01 = normalize_volume(np.asarray(nib.load(case.image).dataobj))
+    label = np.asarray(nib.load(case.truth).dataobj)
     return [
         (f"realct_k{k}", split, volume_slice(volume01, k), volume_slice(label, k))
         for split, ks in REAL_KS.items()

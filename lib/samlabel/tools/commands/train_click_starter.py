@@ -41,6 +41,8 @@ from samlabel.training.loop import TrainSettings, ValTarget, prepare_model, trai
 from samlabel.training.samples import augmentation, slice_samples
 from samlabel.training.step import StepSettings
 
+STARTER_VAL_SLICES = 30  # a real volume's first slices validate, never train (the anchor set validates on them too)
+
 
 def volume(image) -> np.ndarray:
     return normalize_volume(np.asarray(image.dataobj, dtype=np.float32))
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int | None:
     parser.add_argument("--out", type=Path, default=ASSET_DIR / "litemedsam_clicks.pt")
     parser.add_argument("--results", type=Path, default=Path("results/click_starter"))
     parser.add_argument("--real", type=Path, help="a real split folder: train on its `train` studies too")
-    parser.add_argument("--val-slices", type=int, default=30, help="slices of each real volume kept to validate")
+    parser.add_argument(
+        "--val-slices", type=int, default=STARTER_VAL_SLICES, help="slices of each real volume kept to validate"
+    )
     parser.add_argument("--start", default="none", help="none (LiteMedSAM) or default (the shipped adapter)")
     parser.add_argument("--version", default="clicks-v1")
     parser.add_argument("--prior-clicks", type=int, default=4, help="most clicks simulated before the trained one")

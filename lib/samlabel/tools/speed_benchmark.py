@@ -31,6 +31,16 @@ from samlabel.tools.server_evaluation import percentiles
 logger = logging.getLogger(__name__)
 
 SIZE = 256  # in-plane size of the benchmark volumes
+ROUND_LABELS = 5  # labels the fine-tuning round saves: the last volumes of benchmark_specs
+
+
+def benchmark_specs(depths: list[int]) -> dict[str, tuple[int, int]]:
+    """The benchmark's volumes, ``{image_id: (depth, seed)}``: a warm-up, the click volume, and a cold and
+    a warm one per depth; the fine-tuning round saves the labels of the last ``ROUND_LABELS``."""
+    specs = {"warmup": (3, 1), "clicks": (64, 7)}
+    for d in depths:
+        specs |= {f"cold_{d}": (d, d), f"warm_{d}": (d, d + 1000)}
+    return specs
 
 
 def benchmark_volume(depth: int, seed: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:

@@ -34,6 +34,8 @@ from samlabel.model.weights import resolve_weights
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.peers import time_monailabel_sam2, time_sam_predictor
 from samlabel.tools.speed_benchmark import (
+    ROUND_LABELS,
+    benchmark_specs,
     click_paths,
     encoder_throughput,
     environment,
@@ -252,12 +254,10 @@ def main(argv: list[str] | None = None) -> int | None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="samlabel-benchmark-"))
     try:
-        specs = {"warmup": (3, 1), "clicks": (64, 7)}
-        for d in args.depths:
-            specs |= {f"cold_{d}": (d, d), f"warm_{d}": (d, d + 1000)}
+        specs = benchmark_specs(args.depths)
         studies = work / "studies"
         labels = write_volumes(studies, specs, truth_dir=work / "truth")
-        truths = {image_id: work / "truth" / f"{image_id}.nii.gz" for image_id in list(specs)[-5:]}  # fine-tuning
+        truths = {image_id: work / "truth" / f"{image_id}.nii.gz" for image_id in list(specs)[-ROUND_LABELS:]}
 
         cfg = load_app_config({})
         result = {

@@ -57,7 +57,9 @@ def test_anchor_slices_are_shared_by_ct_and_mr_phantoms_and_the_real_ct() -> Non
     slices = {t.name.split("/")[1] for t in anchor.validate}
     assert len(slices) == 8 and sorted(source(s) for s in slices) == ["ct"] * 3 + ["mr"] * 3 + ["realct"] * 2
     assert {t.group for t in anchor.validate} == {"ct", "mr", "realct"}
-    assert len(anchor.replay) == 8 and all(v.shape[2] == 1 for _, v, _ in anchor.replay)
+    replayed = sorted(source(name.split("/")[1]) for name, _, _ in anchor.replay)
+    assert replayed == ["ct"] * 3 + ["mr"] * 3 + ["realct"] * 3, "every source replays alike, the real CT all it has"
+    assert all(v.shape[2] == 1 for _, v, _ in anchor.replay)
     assert load_anchor_set(0) == type(anchor)([], [])
 
 

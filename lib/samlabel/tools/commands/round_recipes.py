@@ -31,8 +31,6 @@ from samlabel.model.runtime import pick_device, pick_runtime
 from samlabel.tools.speed_benchmark import ROUND_LABELS, benchmark_specs, environment, write_volumes
 from samlabel.training.task import SamAdapterTrain, TrainingEngines
 
-logger = logging.getLogger("round_recipes")
-
 DEPTHS = [40, 64, 128]  # scripts/benchmark's round: the labels of its last 5 volumes
 DEFAULT_RECIPES = [["default"], ["anchor_slices_8", "anchor_slices=8"]]  # the app's defaults, and before 2026-12-04
 

@@ -20,7 +20,7 @@ from samlabel.inference.engine import SamEngine
 from samlabel.inference.image_cache import CachedLoadImaged
 from samlabel.inference.refinement import RefinementStore, logits_from_arrays, logits_to_arrays
 from samlabel.inference.shared_state import SharedClickState
-from samlabel.model.runtime import pick_device, pick_runtime
+from samlabel.model.runtime import serving_runtime
 from samlabel.server.errors import checked_infer
 from samlabel.server.install import install
 from samlabel.server.task_process import in_task_process
@@ -45,8 +45,7 @@ class SamLabelApp(MONAILabelApp):
         self.versions = AdapterVersions(self.trainer_dir, start_record(self.cfg.adapter, self.model_cfg.adapter))
         fallback = fallback_choice(self.cfg.adapter)  # served if the served version cannot be loaded
         self.encoder_dir = self.trainer_dir / "encoder"  # embeddings and encoder graphs, shared with the trainer
-        # the server's encoder runtime: a trainer finds the server's embeddings under its name
-        self.encoder_runtime = pick_runtime(self.cfg.runtime, pick_device(self.cfg.device), self.cfg.precision)
+        self.encoder_runtime = serving_runtime(self.cfg.runtime, self.cfg.device, self.cfg.precision)
         runtime = "torch" if in_task_process() else None  # a training subprocess serves nothing: no graph export
         self.engine = SamEngine(
             self.model_cfg,

@@ -32,8 +32,7 @@ def test_the_shipped_anchor_set_is_what_the_command_builds_from_unused_phantoms_
     used_elsewhere |= set(range(3))  # the sample studies
     assert not anchor_seeds & used_elsewhere and not anchor_seeds & set(range(1000, 3000))  # starter, hold-out
     assert not set(VALIDATE_SEEDS["ct"]) & set(REPLAY_SEEDS["ct"]), "never validated on what is replayed"
-    validated_by_the_starter = STARTER_VAL_SLICES
-    assert max(REAL_KS["validate"]) < validated_by_the_starter <= min(REAL_KS["replay"]), "never trained on: validate"
+    assert max(REAL_KS["validate"]) < STARTER_VAL_SLICES <= min(REAL_KS["replay"]), "validate: never trained on"
 
 
 def test_anchor_slices_read_back_as_the_slices_of_their_volumes() -> None:

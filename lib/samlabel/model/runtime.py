@@ -43,6 +43,12 @@ def pick_runtime(name: str, device: torch.device, precision: str) -> str:
     return name
 
 
+def serving_runtime(runtime: str, device: str, precision: str) -> str:
+    """The encoder runtime a server started with these ``--conf`` values uses: a trainer that encodes with it
+    finds the server's stored embeddings (their keys name the runtime)."""
+    return pick_runtime(runtime, pick_device(device), precision)
+
+
 def encoder_session(
     model: torch.nn.Module,
     img_size: int,

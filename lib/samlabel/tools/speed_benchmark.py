@@ -31,6 +31,7 @@ from samlabel.tools.server_evaluation import percentiles
 logger = logging.getLogger(__name__)
 
 SIZE = 256  # in-plane size of the benchmark volumes
+BENCHMARK_DEPTHS = [40, 64, 128]  # sam_3d volume depths (scripts/benchmark --depths)
 ROUND_LABELS = 5  # labels the fine-tuning round saves: the last volumes of benchmark_specs
 
 

@@ -34,6 +34,7 @@ from samlabel.model.weights import resolve_weights
 from samlabel.tools.local_server import start_server, stop_server
 from samlabel.tools.peers import time_monailabel_sam2, time_sam_predictor
 from samlabel.tools.speed_benchmark import (
+    BENCHMARK_DEPTHS,
     ROUND_LABELS,
     benchmark_specs,
     click_paths,
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     parser.add_argument("--models", nargs="+", default=["litemedsam", "vit_b"], choices=["litemedsam", "vit_b"])
-    parser.add_argument("--depths", nargs="+", type=int, default=[40, 64, 128], help="sam_3d volume depths")
+    parser.add_argument("--depths", nargs="+", type=int, default=BENCHMARK_DEPTHS, help="sam_3d volume depths")
     parser.add_argument("--first-clicks", type=int, default=4, help="slices that get a first click")
     parser.add_argument("--further", type=int, default=5, help="further clicks per slice, per stage")
     parser.add_argument("--memory-clicks", type=int, default=500)

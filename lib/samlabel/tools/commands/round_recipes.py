@@ -26,12 +26,17 @@ from monailabel.datastore.local import LocalDatastore
 
 from samlabel.adapters.choice import start_record
 from samlabel.adapters.versions import GATED_METRICS, AdapterVersions
-from samlabel.config import load_app_config, load_model_config
-from samlabel.model.runtime import pick_device, pick_runtime
-from samlabel.tools.speed_benchmark import ROUND_LABELS, benchmark_specs, environment, write_volumes
+from samlabel.config import AppConfig, load_app_config, load_model_config
+from samlabel.model.runtime import serving_runtime
+from samlabel.tools.speed_benchmark import (
+    BENCHMARK_DEPTHS,
+    ROUND_LABELS,
+    benchmark_specs,
+    environment,
+    write_volumes,
+)
 from samlabel.training.task import SamAdapterTrain, TrainingEngines
 
-DEPTHS = [40, 64, 128]  # scripts/benchmark's round: the labels of its last 5 volumes
 DEFAULT_RECIPES = [["default"], ["anchor_slices_8", "anchor_slices=8"]]  # the app's defaults, and before 2026-12-04
 
 
@@ -47,19 +52,18 @@ def round_studies(work: Path) -> Path:
     """A studies folder with the benchmark round's volumes and their final labels (written once)."""
     studies = work / "studies"
     if not (studies / "labels" / "final").is_dir():
-        specs = dict(list(benchmark_specs(DEPTHS).items())[-ROUND_LABELS:])
+        specs = dict(list(benchmark_specs(BENCHMARK_DEPTHS).items())[-ROUND_LABELS:])
         write_volumes(studies, specs, truth_dir=studies / "labels" / "final")
     return studies
 
 
-def run_once(work: Path, studies: Path, name: str, values: dict, seed: int) -> dict:
+def run_once(cfg: AppConfig, work: Path, studies: Path, name: str, values: dict, seed: int) -> dict:
     """One run of the trainer task from the shipped version; the gate's decision and both sides' figures."""
-    cfg = load_app_config({})
     model_cfg = load_model_config(cfg.model)
     out = work / "runs" / f"{name}_seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     versions = AdapterVersions(out, start_record(cfg.adapter, model_cfg.adapter))
-    runtime = pick_runtime(cfg.runtime, pick_device(cfg.device), cfg.precision)  # the server's: its stored embeddings
+    runtime = serving_runtime(cfg.runtime, cfg.device, cfg.precision)
     engines = TrainingEngines(model_cfg, cfg, encoder_dir=work / "encoder", encoder_runtime=runtime)
     task = SamAdapterTrain(str(out), cfg, versions, engines)
     stats = task({"name": name, **values, "seed": seed}, LocalDatastore(str(studies), extensions=("*.nii.gz",)))
@@ -141,15 +145,16 @@ def main(argv: list[str] | None = None) -> int | None:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         studies = round_studies(work)
-        result = {"environment": environment(), "defaults": dict(load_app_config({}).train), "runs": []}
+        cfg = load_app_config({})
+        result = {"environment": environment(), "defaults": dict(cfg.train), "runs": []}
         for name, values in recipes:
             for seed in args.seeds:
-                run = run_once(work, studies, name, values, seed)
+                run = run_once(cfg, work, studies, name, values, seed)
                 print(f"{name} seed {seed}: {run['gate']}: {run['reason']}", flush=True)
                 result["runs"].append(run)
                 result["summary"] = summary(result["runs"])
                 (args.out / "round_recipes.json").write_text(json.dumps(result, indent=2))
-        plot(result["runs"], load_app_config({}).publish_tolerance, args.out / "round_recipes.png")
+        plot(result["runs"], cfg.publish_tolerance, args.out / "round_recipes.png")
         print(json.dumps(result["summary"], indent=1))
     finally:
         if args.work is None:

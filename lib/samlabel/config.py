@@ -63,7 +63,7 @@ class AppConfig:
     min_object_voxels: int
     propagation_iou: float
     propagation_box_margin: int
-    propagation_mask_prompt: bool
+    propagation_mask_prompt: str
     propagation_agreement: float
     auto_min_iou: float
     auto_min_support: float
@@ -97,7 +97,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if isinstance(value, str) and not isinstance(default, str):
         text = value.strip()
         try:
-            value = json.loads(text) if text[:1] in "[{" or text in ("true", "false") else text
+            value = json.loads(text) if text[:1] in "[{" else text
         except json.JSONDecodeError as e:
             raise ConfigError(f"--conf {name}: cannot parse {value!r}") from e
         if isinstance(default, tuple) and isinstance(value, str):
@@ -107,12 +107,6 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"--conf {name}: give a JSON object with keys among {sorted(default)}")
         return {k: _coerce(f"{name}.{k}", v, default[k]) for k, v in {**default, **value}.items()}
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
         if isinstance(default, tuple):
             item = type(default[0])
             return tuple(item(v) for v in value)
@@ -140,6 +134,10 @@ def load_app_config(conf: Mapping[str, Any], defaults_file: Path = CONFIG_DIR / 
         raise ConfigError(f"--conf runtime: {cfg.runtime!r} is not one of auto, torch, onnxruntime, openvino")
     if cfg.precision not in ("fp32", "bf16"):
         raise ConfigError(f"--conf precision: {cfg.precision!r} is not one of fp32, bf16")
+    if cfg.propagation_mask_prompt not in ("never", "corrections", "always"):
+        raise ConfigError(
+            f"--conf propagation_mask_prompt: {cfg.propagation_mask_prompt!r} is not one of never, corrections, always"
+        )
     if cfg.sd_trans_depth < 1 or cfg.hyp_rank < 1:
         raise ConfigError("--conf sd_trans_depth and hyp_rank must be >= 1")
     if not 0 < cfg.auto_min_support <= 1:

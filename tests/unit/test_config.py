@@ -9,10 +9,10 @@ def test_defaults_come_from_app_yaml_and_conf_strings_are_typed():
     cfg = load_app_config({})
     assert cfg.model == "litemedsam" and cfg.adapter == "default" and cfg.label_values["organ"] == 1
     cfg = load_app_config(
-        {"labels": "liver, spleen", "ct_window": "[-100, 200]", "cache_mb": "64", "propagation_mask_prompt": "false"}
+        {"labels": "liver, spleen", "ct_window": "[-100, 200]", "cache_mb": "64", "propagation_mask_prompt": "never"}
     )
     assert cfg.labels == ("liver", "spleen") and cfg.label_values == {"liver": 1, "spleen": 2}
-    assert cfg.ct_window == (-100.0, 200.0) and cfg.cache_mb == 64 and cfg.propagation_mask_prompt is False
+    assert cfg.ct_window == (-100.0, 200.0) and cfg.cache_mb == 64 and cfg.propagation_mask_prompt == "never"
     assert load_app_config({"preload": "true"}) == load_app_config({}), "MONAI Label's own keys are left alone"
 
 

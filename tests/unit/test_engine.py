@@ -55,5 +55,5 @@ def test_box_prompt_accuracy_floor(engine, phantom, organ):
 
 def test_roi_propagation_accuracy_floor(engine, phantom):
     volume01, label = phantom
-    settings = PropagationSettings(0.5, 2, True, 0.9)
+    settings = PropagationSettings(0.5, 2, "corrections", 0.9)
     assert roi_volume_dice(engine, volume01, label == 1, settings) >= 0.8

@@ -119,7 +119,7 @@ def test_batched_and_unbatched_propagation_give_the_same_masks(torch_engine, pha
     volume01, truth = phantom
     batched = make_engine(runtime="torch", prefetch_slices=0, encoder_batch=4)
     prompt = parse_prompt({"roi": roi_of(truth)}, volume01.shape, {"organ": 1})
-    settings = PropagationSettings(0.5, 2, True, 0.9)
+    settings = PropagationSettings(0.5, 2, "corrections", 0.9)
     span = (prompt.slice - 5, prompt.slice + 5)  # 5 slices each way: a batch of 4 and a remainder of 1
     assert prompt.k_range[0] <= span[0] and span[1] <= prompt.k_range[1]
     results = []

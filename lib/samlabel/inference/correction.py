@@ -8,12 +8,13 @@ Every slice that holds clicks (or the box) is an anchor. A request re-segments t
 changed, each with all its clicks and the current mask on it as ``mask_input``; a background click that
 SAM left inside the mask removes the part of the mask it lies in (unless a foreground click holds that
 part too; inside an roi's slice range it never empties the slice), since SAM with the old mask as its
-input often barely moves. From each changed anchor it re-propagates both ways until a slice's new mask
-agrees with what is there (Dice at least ``propagation_agreement``) or SAM's predicted IoU of what is
-there is higher, the next anchor, or where the walk ends (the mask vanishes or SAM's IoU drops); the
-previous result beyond is kept. Finally only
-slices joined to an anchor with a mask by unbroken masks stay, so a background click that empties a
-slice cuts off everything behind it: that is how a leak past the object's end is removed.
+input often barely moves. From each changed anchor it re-propagates both ways (feeding each slice's
+logits to the next by default, so a removed part stays removed) until a slice's new mask agrees with
+what is there (Dice at least ``propagation_agreement``) or SAM's predicted IoU of what is there is
+higher, the next anchor, or where the walk ends (the mask vanishes or SAM's IoU drops); the previous
+result beyond is kept. Finally only slices joined to an anchor with a mask by unbroken masks stay, so a
+background click that empties a slice cuts off everything behind it: that is how a leak past the
+object's end is removed.
 
 Measured with ``scripts/evaluate --prompt clicks_3d`` on the real eval split (results/eval_3d).
 """
@@ -135,7 +136,7 @@ def segment_3d(
         for step in (-1, 1):
             beyond = [b for b in anchors if (b - a) * step > 0]
             last = min(beyond, key=lambda b: abs(b - a)) - step if beyond else (lo if step < 0 else hi)
-            for k, new in walk(engine, volume01, a, start, last, settings):
+            for k, new in walk(engine, volume01, a, start, last, settings, correcting=before is not None):
                 if k in result and (dice(new.mask, result[k].mask) >= settings.agreement or result[k].iou > new.iou):
                     break  # what is there from here on agrees, or SAM trusts it more: it stands
                 result[k] = new

@@ -198,7 +198,7 @@ def test_the_labelling_loop_in_the_samlabel_mode(session):
     under = truth[tuple(ijk.T)]
     assert set(ijk[:, 2]) == slices
     assert np.mean(under[ijk[:, 2] == k] == LIVER) > 0.9, "the clicked slice's mask lies on the liver"
-    # propagation (a model matter, not the viewer's) leaks a little into the kidney below: 14 % here
+    # propagation (a model matter, not the viewer's) may leak a little into the kidney below
     assert np.mean(under == LIVER) > 0.75, np.unique(under, return_counts=True)
     assert np.sum(under == LIVER) > 0.5 * np.sum(truth == LIVER), (np.sum(under == LIVER), np.sum(truth == LIVER))
 

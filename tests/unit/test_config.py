@@ -3,6 +3,7 @@
 import pytest
 
 from samlabel.config import ConfigError, load_app_config, load_model_config
+from samlabel.inference.propagation import PropagationSettings
 
 
 def test_defaults_come_from_app_yaml_and_conf_strings_are_typed():
@@ -62,3 +63,15 @@ def test_trainer_defaults_merge_key_by_key():
         load_app_config({"train": '{"max_step": 4}'})
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_app_config({"train": '{"max_steps": "many"}'})
+
+
+def test_a_first_propagation_prompts_with_the_box_alone_and_a_correction_also_with_logits():
+    """``propagation_mask_prompt``: where a walk feeds the previous slice's logits beside its box."""
+    settings = {
+        mode: PropagationSettings.from_config(load_app_config({"propagation_mask_prompt": mode}))
+        for mode in ("never", "corrections", "always")
+    }
+    assert load_app_config({}).propagation_mask_prompt == "corrections"
+    assert [settings["corrections"].feeds_logits(correcting) for correcting in (False, True)] == [False, True]
+    assert [settings["always"].feeds_logits(correcting) for correcting in (False, True)] == [True, True]
+    assert [settings["never"].feeds_logits(correcting) for correcting in (False, True)] == [False, False]
